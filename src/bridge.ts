@@ -1,0 +1,335 @@
+import { EventEmitter } from 'node:events';
+import { Queue, type JobsOptions } from 'bullmq';
+import pg from 'pg';
+import pRetry from 'p-retry';
+import type { Redis } from 'ioredis';
+import { Store, type NotificationRow, type SubscriptionRow } from './db/store.js';
+import type { Settings } from './config.js';
+import { WakeupListener } from './listener.js';
+import { redactSecrets, silentLogger, type Logger } from './log.js';
+import type { NotificationJobData } from './notification.js';
+import { checkEvictionPolicy, closeRedis, createRedis } from './redis.js';
+import { errorMessage, withTimeout } from './util.js';
+import { assertChannel } from './identifiers.js';
+
+/** Options of {@link createListener}. */
+export interface ListenerOptions {
+  settings: Pick<Settings, 'databaseUrl' | 'listenDatabaseUrl' | 'redisUrl' | 'schema' | 'prefix'>;
+  /** Bridge only these channels (default: all). */
+  channels?: string[];
+  /** Rows claimed per transaction (default 500). */
+  batchSize?: number;
+  /** Leave rows stored before the start for reconcile or another listener. */
+  skipPlayback?: boolean;
+  /** First delay before retrying after a failure, in ms (default 1000; backs off to 30 s). */
+  reconnectDelayMs?: number;
+  /** Safety poll: the longest a missed wake-up can delay a row, in ms (default 5000). */
+  pollIntervalMs?: number;
+  /** How long Redis may take to accept a batch before the transaction rolls back (default 15 s). */
+  enqueueTimeoutMs?: number;
+  logger?: Logger;
+}
+
+/** A running listener (the `listen` command). */
+export interface Listener extends EventEmitter {
+  /** Starts bridging; resolves at once (connection failures are retried in the background). */
+  start(): Promise<void>;
+  /** Finishes the batch in flight, then closes every connection. */
+  stop(): Promise<void>;
+  /** Bridges everything claimable now; resolves with the number of rows bridged. */
+  drain(): Promise<number>;
+  /** Counters since start. */
+  readonly stats: { bridged: number; jobs: number; batches: number; errors: number };
+}
+
+/** The id of a notification's job: derived from the notification id, so adding it twice is a no-op. */
+export function jobIdFor(notificationId: string): string {
+  // BullMQ refuses integer-looking custom ids and ids containing ':'.
+  return `n${notificationId}`;
+}
+
+/** Turns one row into the job data every consumer's queue receives. */
+export function jobDataFor(row: NotificationRow, replay = false): NotificationJobData {
+  const data: NotificationJobData = {
+    id: row.id,
+    channel: row.channel,
+    payload: row.payload,
+    context: row.context,
+    createdAt: row.created_at.toISOString(),
+  };
+  if (replay) data.replay = true;
+  return data;
+}
+
+/** A job ready for `Queue.addBulk`. */
+export interface PlannedJob {
+  name: string;
+  data: NotificationJobData;
+  opts: JobsOptions;
+}
+
+/** Fans rows out to the queues of their channel's subscribers: consumer id → jobs in id order. */
+export function planJobs(
+  rows: NotificationRow[],
+  subscriptions: SubscriptionRow[],
+  replay = false,
+): Map<string, PlannedJob[]> {
+  const byChannel = new Map<string, SubscriptionRow[]>();
+  for (const sub of subscriptions) {
+    const list = byChannel.get(sub.channel) ?? [];
+    list.push(sub);
+    byChannel.set(sub.channel, list);
+  }
+  const plan = new Map<string, PlannedJob[]>();
+  for (const row of rows) {
+    const subs = byChannel.get(row.channel);
+    if (!subs) continue;
+    const data = jobDataFor(row, replay);
+    for (const sub of subs) {
+      const jobs = plan.get(sub.consumer_id) ?? [];
+      jobs.push({ name: row.channel, data, opts: { ...sub.job_options, jobId: jobIdFor(row.id) } });
+      plan.set(sub.consumer_id, jobs);
+    }
+  }
+  return plan;
+}
+
+/** Keeps one BullMQ Queue per consumer on a shared Redis connection. */
+export class QueueSet {
+  private readonly queues = new Map<string, Queue>();
+  constructor(
+    readonly redis: Redis,
+    readonly prefix: string,
+  ) {}
+
+  get(consumerId: string): Queue {
+    let queue = this.queues.get(consumerId);
+    if (!queue) {
+      queue = new Queue(consumerId, { connection: this.redis, prefix: this.prefix });
+      this.queues.set(consumerId, queue);
+    }
+    return queue;
+  }
+
+  /** Adds every planned job; rejects if any queue rejects (a partial write is fine: ids dedupe). */
+  async addAll(plan: Map<string, PlannedJob[]>): Promise<number> {
+    let count = 0;
+    await Promise.all(
+      [...plan].map(([consumerId, jobs]) => {
+        count += jobs.length;
+        return this.get(consumerId).addBulk(jobs);
+      }),
+    );
+    return count;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.queues.values()].map((q) => q.close().catch(() => undefined)));
+    this.queues.clear();
+  }
+}
+
+class BridgeListener extends EventEmitter implements Listener {
+  readonly stats = { bridged: 0, jobs: 0, batches: 0, errors: 0 };
+  private readonly store: Store;
+  private readonly log: Logger;
+  private readonly pool: pg.Pool;
+  private readonly redis: Redis;
+  private readonly queues: QueueSet;
+  private readonly wakeups: WakeupListener;
+  private readonly abort = new AbortController();
+  private readonly batchSize: number;
+  private readonly channels: string[] | null;
+  private minId: string | null = null;
+  private wakePending = true;
+  private wakeWaiter: (() => void) | undefined;
+  private loop: Promise<void> | undefined;
+
+  constructor(private readonly options: ListenerOptions) {
+    super();
+    const { settings } = options;
+    this.log = options.logger ?? silentLogger();
+    this.store = new Store(settings.schema);
+    this.batchSize = options.batchSize ?? 500;
+    if (!Number.isInteger(this.batchSize) || this.batchSize < 1) {
+      throw new RangeError(`batch-size must be a positive integer, got ${options.batchSize}`);
+    }
+    for (const channel of options.channels ?? []) assertChannel(channel);
+    this.channels = options.channels?.length ? options.channels : null;
+    this.pool = new pg.Pool({
+      connectionString: settings.databaseUrl,
+      max: 2,
+      connectionTimeoutMillis: 10_000,
+      application_name: 'pgq-bridge listen',
+      // Backstop: if this process stalls mid-batch, Postgres ends the transaction and frees the rows.
+      idle_in_transaction_session_timeout: 60_000,
+    });
+    this.pool.on('error', (error) =>
+      this.log.warn({ err: redactSecrets(error.message) }, 'idle Postgres connection failed'),
+    );
+    this.redis = createRedis(settings.redisUrl, this.log, 'listen');
+    this.queues = new QueueSet(this.redis, settings.prefix);
+    this.wakeups = new WakeupListener({
+      url: settings.listenDatabaseUrl,
+      store: this.store,
+      logger: this.log,
+      reconnectDelayMs: options.reconnectDelayMs,
+    });
+    this.wakeups.on('wake', () => this.wake());
+    // After any (re)connect, sweep: wake-ups sent while disconnected are gone.
+    this.wakeups.on('connected', () => this.wake());
+  }
+
+  async start(): Promise<void> {
+    void checkEvictionPolicy(this.redis, this.log);
+    void this.wakeups
+      .start()
+      .catch((error: unknown) =>
+        this.log.error({ err: errorMessage(error) }, 'LISTEN connection failed'),
+      );
+    this.loop = this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.abort.abort();
+    this.wakeWaiter?.();
+    await this.loop;
+    await this.wakeups.stop();
+    await this.queues.close();
+    await closeRedis(this.redis);
+    await this.pool.end();
+  }
+
+  async drain(): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const n = await this.bridgeOnce();
+      total += n;
+      if (n < this.batchSize) return total;
+    }
+  }
+
+  private wake(): void {
+    this.wakePending = true;
+    this.wakeWaiter?.();
+  }
+
+  private waitForWake(ms: number): Promise<void> {
+    if (this.wakePending || this.abort.signal.aborted) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.wakeWaiter = undefined;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.wakeWaiter = done;
+    });
+  }
+
+  /** Retries `fn` with backoff until it succeeds or the listener stops. */
+  private retrying<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    return pRetry(fn, {
+      retries: Infinity,
+      minTimeout: this.options.reconnectDelayMs ?? 1000,
+      maxTimeout: 30_000,
+      factor: 2,
+      signal: this.abort.signal,
+      onFailedAttempt: ({ error, attemptNumber }) => {
+        this.stats.errors++;
+        this.log.warn(
+          { err: redactSecrets(errorMessage(error)), attempt: attemptNumber },
+          `${what} failed; retrying`,
+        );
+      },
+    });
+  }
+
+  private async run(): Promise<void> {
+    const pollMs = this.options.pollIntervalMs ?? 5000;
+    try {
+      if (this.options.skipPlayback) {
+        this.minId = await this.retrying('reading the newest notification id', () =>
+          this.store.maxNotificationId(this.pool),
+        );
+        this.log.info({ afterId: this.minId }, 'skipping playback of stored notifications');
+      }
+      while (!this.abort.signal.aborted) {
+        this.wakePending = false;
+        let failed = false;
+        const bridged = await this.retrying('bridging a batch', async () => {
+          try {
+            return await this.bridgeOnce();
+          } catch (error) {
+            failed = true;
+            throw error;
+          }
+        });
+        // After recovering from a failure, sweep again at once: anything may have piled up.
+        if (failed) this.wakePending = true;
+        if (bridged >= this.batchSize) continue;
+        await this.waitForWake(pollMs);
+      }
+    } catch (error) {
+      if (!this.abort.signal.aborted) {
+        this.log.error({ err: errorMessage(error) }, 'listener loop stopped');
+        throw error;
+      }
+    }
+  }
+
+  /**
+   * One batch: claim and mark rows, enqueue their jobs, commit. If anything fails the transaction
+   * rolls back and the rows are claimable again; jobs already added are deduplicated by id.
+   */
+  private async bridgeOnce(): Promise<number> {
+    const client = await this.pool.connect();
+    let committed = false;
+    let broken: Error | undefined;
+    try {
+      await client.query('BEGIN');
+      const subscriptions = await this.store.readSubscriptionsLocked(client);
+      const rows = await this.store.claimBatch(client, this.batchSize, this.channels, this.minId);
+      if (rows.length > 0) {
+        const started = Date.now();
+        const plan = planJobs(rows, subscriptions);
+        const jobs = await withTimeout(
+          this.queues.addAll(plan),
+          this.options.enqueueTimeoutMs ?? 15_000,
+          'Redis did not accept the batch in time',
+        );
+        await client.query('COMMIT');
+        committed = true;
+        this.stats.bridged += rows.length;
+        this.stats.jobs += jobs;
+        this.stats.batches++;
+        this.log.debug(
+          { rows: rows.length, jobs, firstId: rows[0].id, ms: Date.now() - started },
+          'batch bridged',
+        );
+        this.emit('batch', { rows: rows.length, jobs });
+      } else {
+        await client.query('COMMIT');
+        committed = true;
+      }
+      return rows.length;
+    } catch (error) {
+      broken = error instanceof Error ? error : new Error(String(error));
+      throw error;
+    } finally {
+      if (!committed) {
+        await client.query('ROLLBACK').catch(() => undefined);
+      }
+      // A connection that failed mid-transaction is discarded rather than reused.
+      client.release(broken);
+    }
+  }
+}
+
+/**
+ * Creates the bridge that turns stored notifications into BullMQ jobs (the `listen` command).
+ * Several listeners may run at once: rows are claimed with `FOR UPDATE SKIP LOCKED`.
+ */
+export function createListener(options: ListenerOptions): Listener {
+  return new BridgeListener(options);
+}

@@ -1,0 +1,87 @@
+import { Command, InvalidArgumentError } from 'commander';
+import { resolveConfig, type ResolvedConfig, type SettingFlags } from '../config.js';
+import { createLogger, type Logger } from '../log.js';
+
+/** What every command's action gets: resolved settings and a logger. */
+export interface CommandContext {
+  config: ResolvedConfig;
+  log: Logger;
+}
+
+/** Resolves settings from the command's flags (and its parents'), env and config file. */
+export async function commandContext(command: Command): Promise<CommandContext> {
+  const opts = command.optsWithGlobals<SettingFlags>();
+  const config = await resolveConfig({
+    flags: {
+      databaseUrl: opts.databaseUrl,
+      listenDatabaseUrl: opts.listenDatabaseUrl,
+      redisUrl: opts.redisUrl,
+      schema: opts.schema,
+      prefix: opts.prefix,
+      config: opts.config,
+      logLevel: opts.logLevel,
+      logFormat: opts.logFormat,
+    },
+    isTTY: process.stdout.isTTY === true,
+  });
+  const log = createLogger({ level: config.logLevel, format: config.logFormat });
+  return { config, log };
+}
+
+/** Commander parser for a positive integer option. */
+export function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < 1) {
+    throw new InvalidArgumentError('expected a positive integer.');
+  }
+  return n;
+}
+
+/** Commander parser for a non-negative number (seconds may be fractional). */
+export function nonNegativeNumber(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n < 0) {
+    throw new InvalidArgumentError('expected a number >= 0.');
+  }
+  return n;
+}
+
+/** Commander parser for a comma-separated list (repeatable: later lists are appended). */
+export function list(value: string, previous: string[] | undefined): string[] {
+  const items = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  if (items.length === 0) throw new InvalidArgumentError('expected a comma-separated list.');
+  return [...(previous ?? []), ...items];
+}
+
+/**
+ * Runs a long-lived service until SIGINT/SIGTERM, then stops it gracefully. A second signal
+ * forces the exit.
+ */
+export function runUntilSignal(log: Logger, stop: () => Promise<void>): Promise<number> {
+  return new Promise((resolve) => {
+    let stopping = false;
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (stopping) {
+        log.warn({ signal }, 'second signal: exiting at once');
+        process.exit(130);
+      }
+      stopping = true;
+      log.info({ signal }, 'stopping gracefully');
+      stop().then(
+        () => {
+          log.info('stopped');
+          resolve(0);
+        },
+        (error: unknown) => {
+          log.error({ err: error instanceof Error ? error.message : String(error) }, 'stop failed');
+          resolve(1);
+        },
+      );
+    };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+  });
+}

@@ -1,0 +1,57 @@
+import type { Command } from 'commander';
+import { createListener } from '../bridge.js';
+import { commandContext, list, nonNegativeNumber, positiveInt, runUntilSignal } from './context.js';
+
+interface ListenFlags {
+  channels?: string[];
+  batchSize?: number;
+  skipPlayback?: boolean;
+  recover?: boolean;
+  reconnectDelay?: number;
+  pollInterval?: number;
+  metricsPort?: number;
+}
+
+export function registerListen(program: Command): void {
+  program
+    .command('listen')
+    .description('the bridge: turn stored notifications into BullMQ jobs')
+    .option('--channels <list>', 'bridge only these channels (comma-separated)', list)
+    .option('--batch-size <n>', 'rows claimed per transaction', positiveInt, 500)
+    .option(
+      '--skip-playback',
+      'do not bridge rows stored before the start (leave them to reconcile)',
+    )
+    .option('--recover', 'run a reconcile before listening')
+    .option(
+      '--reconnect-delay <seconds>',
+      'first delay before reconnecting (backs off to 30 s)',
+      nonNegativeNumber,
+      1,
+    )
+    .option(
+      '--poll-interval <seconds>',
+      'safety poll: longest a missed wake-up delays a row',
+      nonNegativeNumber,
+      5,
+    )
+    .option('--metrics-port <port>', 'serve Prometheus metrics on this port', positiveInt)
+    .action(async (opts: ListenFlags, command: Command) => {
+      const { config, log } = await commandContext(command);
+      const listener = createListener({
+        settings: config,
+        channels: opts.channels,
+        batchSize: opts.batchSize,
+        skipPlayback: opts.skipPlayback,
+        reconnectDelayMs: (opts.reconnectDelay ?? 1) * 1000,
+        pollIntervalMs: Math.max(50, (opts.pollInterval ?? 5) * 1000),
+        logger: log,
+      });
+      await listener.start();
+      log.info(
+        { schema: config.schema, prefix: config.prefix, channels: opts.channels ?? 'all' },
+        'listening',
+      );
+      process.exitCode = await runUntilSignal(log, () => listener.stop());
+    });
+}

@@ -1,0 +1,257 @@
+import type pg from 'pg';
+import { quoteIdent } from '../identifiers.js';
+
+/** Anything that can run a query: a pg Pool, Client or PoolClient. */
+export type Queryable = pg.Pool | pg.Client | pg.PoolClient;
+
+/** A notification row as the bridge reads it (payload kept as JSON text: it goes to Redis as is). */
+export interface NotificationRow {
+  id: string;
+  channel: string;
+  payload: string;
+  context: string | null;
+  created_at: Date;
+}
+
+/** One (consumer, channel) subscription, with the consumer's job settings. */
+export interface SubscriptionRow {
+  consumer_id: string;
+  channel: string;
+  after_id: string;
+  job_options: Record<string, unknown>;
+  batch: { size: number; maxWaitMs: number } | null;
+}
+
+/** What a worker registers for a consumer. */
+export interface ConsumerRegistration {
+  id: string;
+  channels: string[];
+  jobOptions: Record<string, unknown>;
+  batch: { size: number; maxWaitMs: number } | null;
+  startFrom: 'beginning' | 'now';
+  worker: string;
+}
+
+/** A final outcome recorded in the delivery ledger. */
+export interface DeliveryOutcome {
+  consumerId: string;
+  notificationId: string;
+  status: 'completed' | 'failed';
+  attempts: number;
+  lastError: string | null;
+}
+
+/**
+ * Every SQL statement pgq-bridge runs against its own tables, for one schema. Nothing else in the
+ * code base writes SQL for these tables, so this file is the database contract.
+ */
+export class Store {
+  readonly schema: string;
+  /** The NOTIFY channel that wakes listeners of this schema. */
+  readonly wakeChannel: string;
+  private readonly s: string;
+  private readonly subscriptionsLockKey: string;
+
+  constructor(schema: string) {
+    this.schema = schema;
+    this.s = quoteIdent(schema);
+    this.wakeChannel = schema;
+    this.subscriptionsLockKey = `pgq_bridge.subscriptions:${schema}`;
+  }
+
+  /** `LISTEN` statement for the wake-up channel. */
+  listenSql(): string {
+    return `LISTEN ${quoteIdent(this.wakeChannel)}`;
+  }
+
+  /** Stores one notification (through the SQL `notify()`, so both paths share its rules). */
+  async insertNotification(db: Queryable, channel: string, payloadJson: string): Promise<string> {
+    const res = await db.query<{ id: string }>(`SELECT ${this.s}.notify($1, $2::jsonb) AS id`, [
+      channel,
+      payloadJson,
+    ]);
+    return res.rows[0].id;
+  }
+
+  /**
+   * Inside a bridge transaction: takes the subscriptions lock in shared mode (so a consumer's
+   * registration waits for in-flight batches and later batches see it) and reads the
+   * subscriptions. Call after BEGIN.
+   */
+  async readSubscriptionsLocked(db: Queryable): Promise<SubscriptionRow[]> {
+    await db.query(`SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))`, [
+      this.subscriptionsLockKey,
+    ]);
+    return this.readSubscriptions(db);
+  }
+
+  /** Every subscription with its consumer's job settings. */
+  async readSubscriptions(db: Queryable): Promise<SubscriptionRow[]> {
+    const res = await db.query<SubscriptionRow>(
+      `SELECT s.consumer_id, s.channel, s.after_id, c.job_options, c.batch
+         FROM ${this.s}.subscriptions s JOIN ${this.s}.consumers c ON c.id = s.consumer_id
+        ORDER BY s.consumer_id, s.channel`,
+    );
+    return res.rows;
+  }
+
+  /**
+   * Claims up to `limit` unbridged rows (skipping rows another listener holds) and marks them
+   * bridged, in the caller's transaction: if the transaction rolls back, they are unbridged again.
+   * `channels` restricts the claim; `minIdExclusive` skips older rows (`--skip-playback`).
+   */
+  async claimBatch(
+    db: Queryable,
+    limit: number,
+    channels: string[] | null,
+    minIdExclusive: string | null,
+  ): Promise<NotificationRow[]> {
+    const res = await db.query<NotificationRow>(
+      `UPDATE ${this.s}.notifications n SET bridged_at = clock_timestamp()
+         FROM (SELECT id FROM ${this.s}.notifications
+                WHERE bridged_at IS NULL
+                  AND ($2::text[] IS NULL OR channel = ANY($2))
+                  AND ($3::bigint IS NULL OR id > $3)
+                ORDER BY id LIMIT $1
+                FOR UPDATE SKIP LOCKED) claimed
+        WHERE n.id = claimed.id
+        RETURNING n.id, n.channel, n.payload::text AS payload, n.context::text AS context,
+                  n.created_at`,
+      [limit, channels, minIdExclusive],
+    );
+    return res.rows;
+  }
+
+  /** Highest notification id stored so far ('0' when none). */
+  async maxNotificationId(db: Queryable): Promise<string> {
+    const res = await db.query<{ id: string | null }>(
+      `SELECT max(id)::text AS id FROM ${this.s}.notifications`,
+    );
+    return res.rows[0].id ?? '0';
+  }
+
+  /**
+   * Registers (or updates) consumers and their subscriptions. Runs under the subscriptions lock
+   * in exclusive mode, so no bridge batch is in flight while it changes and every later batch
+   * sees the new subscriptions. A new subscription starts after the newest stored notification
+   * (`startFrom: 'now'`) or at the beginning; existing subscriptions keep their start.
+   * Returns the subscriptions created by this call.
+   */
+  async registerConsumers(
+    client: pg.PoolClient | pg.Client,
+    consumers: ConsumerRegistration[],
+  ): Promise<{ consumerId: string; channel: string; afterId: string; isNewConsumer: boolean }[]> {
+    const created: {
+      consumerId: string;
+      channel: string;
+      afterId: string;
+      isNewConsumer: boolean;
+    }[] = [];
+    await client.query('BEGIN');
+    try {
+      await client.query(`SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, [
+        this.subscriptionsLockKey,
+      ]);
+      const maxId = await this.maxNotificationId(client);
+      for (const c of consumers) {
+        const upsert = await client.query<{ inserted: boolean }>(
+          `INSERT INTO ${this.s}.consumers AS c (id, job_options, batch, start_from, last_seen_at, last_seen_worker)
+           VALUES ($1, $2, $3, $4, now(), $5)
+           ON CONFLICT (id) DO UPDATE
+             SET job_options = EXCLUDED.job_options, batch = EXCLUDED.batch,
+                 updated_at = CASE WHEN (c.job_options, c.batch) IS DISTINCT FROM (EXCLUDED.job_options, EXCLUDED.batch)
+                                   THEN now() ELSE c.updated_at END,
+                 last_seen_at = now(), last_seen_worker = EXCLUDED.last_seen_worker
+           RETURNING (xmax = 0) AS inserted`,
+          [
+            c.id,
+            JSON.stringify(c.jobOptions),
+            c.batch ? JSON.stringify(c.batch) : null,
+            c.startFrom,
+            c.worker,
+          ],
+        );
+        const isNewConsumer = upsert.rows[0].inserted;
+        // A brand-new consumer with startFrom 'beginning' is owed everything; a channel added
+        // later to an existing consumer starts from now.
+        const afterId = isNewConsumer && c.startFrom === 'beginning' ? '0' : maxId;
+        const subs = await client.query<{ channel: string; after_id: string }>(
+          `INSERT INTO ${this.s}.subscriptions (consumer_id, channel, after_id)
+           SELECT $1, ch, $3 FROM unnest($2::text[]) AS ch
+           ON CONFLICT (consumer_id, channel) DO NOTHING
+           RETURNING channel, after_id`,
+          [c.id, c.channels, afterId],
+        );
+        await client.query(
+          `DELETE FROM ${this.s}.subscriptions WHERE consumer_id = $1 AND NOT (channel = ANY($2::text[]))`,
+          [c.id, c.channels],
+        );
+        for (const row of subs.rows) {
+          created.push({
+            consumerId: c.id,
+            channel: row.channel,
+            afterId: row.after_id,
+            isNewConsumer,
+          });
+        }
+      }
+      await client.query('COMMIT');
+      return created;
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /** Records final outcomes in the delivery ledger, in one statement. Later outcomes win. */
+  async recordOutcomes(db: Queryable, outcomes: DeliveryOutcome[]): Promise<void> {
+    if (outcomes.length === 0) return;
+    // One row per key: a batch may carry a failure then a success of the same delivery.
+    const latest = new Map<string, DeliveryOutcome>();
+    for (const o of outcomes) latest.set(`${o.consumerId}\u0000${o.notificationId}`, o);
+    const rows = [...latest.values()];
+    await db.query(
+      `INSERT INTO ${this.s}.deliveries AS d (consumer_id, notification_id, status, attempts, last_error)
+       SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::int[], $5::text[])
+       ON CONFLICT (consumer_id, notification_id) DO UPDATE
+         SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,
+             last_error = EXCLUDED.last_error, finished_at = now()`,
+      [
+        rows.map((o) => o.consumerId),
+        rows.map((o) => o.notificationId),
+        rows.map((o) => o.status),
+        rows.map((o) => o.attempts),
+        rows.map((o) => o.lastError),
+      ],
+    );
+  }
+
+  /** Notification ids among `ids` that `consumerId` already completed, per the ledger. */
+  async completedAmong(db: Queryable, consumerId: string, ids: string[]): Promise<Set<string>> {
+    if (ids.length === 0) return new Set();
+    const res = await db.query<{ id: string }>(
+      `SELECT notification_id::text AS id FROM ${this.s}.deliveries
+        WHERE consumer_id = $1 AND notification_id = ANY($2::bigint[]) AND status = 'completed'`,
+      [consumerId, ids],
+    );
+    return new Set(res.rows.map((r) => r.id));
+  }
+
+  /** Records that a worker still runs these consumers (shown by `status`). */
+  async touchConsumers(db: Queryable, ids: string[], worker: string): Promise<void> {
+    await db.query(
+      `UPDATE ${this.s}.consumers SET last_seen_at = now(), last_seen_worker = $2 WHERE id = ANY($1::text[])`,
+      [ids, worker],
+    );
+  }
+
+  /** Unbridged rows and the age in seconds of the oldest one. */
+  async backlog(db: Queryable): Promise<{ count: number; oldestAgeSeconds: number | null }> {
+    const res = await db.query<{ count: string; age: number | null }>(
+      `SELECT count(*)::bigint AS count,
+              extract(epoch FROM now() - min(created_at))::float8 AS age
+         FROM ${this.s}.notifications WHERE bridged_at IS NULL`,
+    );
+    return { count: Number(res.rows[0].count), oldestAgeSeconds: res.rows[0].age };
+  }
+}

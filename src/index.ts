@@ -1,0 +1,28 @@
+/**
+ * pgq-bridge: durable PostgreSQL notifications, delivered as BullMQ jobs.
+ * @packageDocumentation
+ */
+export { notify, type NotifyOptions } from './notify.js';
+export {
+  defineConsumer,
+  loadConsumersDir,
+  type ConsumerDefinition,
+  type ConsumerOptions,
+  type SingleConsumerDefinition,
+  type BatchConsumerDefinition,
+  type Backoff,
+  type KeepJobs,
+} from './consumers.js';
+export type { Notification, Change } from './notification.js';
+export { PgqError, PermanentError, UsageError, ConfigError } from './errors.js';
+export {
+  defineConfig,
+  resolveConfig,
+  type ConfigInput,
+  type Settings,
+  type ResolvedConfig,
+} from './config.js';
+export { migrate, migrationScript, type MigrateOptions, type MigrateResult } from './db/migrate.js';
+export { createListener, jobIdFor, type Listener, type ListenerOptions } from './bridge.js';
+export { createWorker, type PgqWorker, type WorkerOptions } from './worker.js';
+export { createLogger, type Logger } from './log.js';

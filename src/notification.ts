@@ -1,0 +1,129 @@
+/** The row-change description carried by `notify_data_change()` trigger payloads. */
+export interface Change<Row = Record<string, unknown>> {
+  schema: string;
+  table: string;
+  action: 'INSERT' | 'UPDATE' | 'DELETE';
+  old: Row | null;
+  new: Row | null;
+  /** Primary key value of the changed row; for a composite key, an object of its columns. */
+  recordId: unknown;
+}
+
+/** What a consumer's handler receives for each notification. */
+export interface Notification<Payload = unknown> {
+  /** Notification id (decimal string; ids are bigint). */
+  id: string;
+  channel: string;
+  payload: Payload;
+  /** When the notification was stored (its transaction's time). */
+  createdAt: Date;
+  /** 1-based attempt number of this delivery. */
+  attempt: number;
+  /** True when the job came from `reconcile` or a replay rather than the live bridge. */
+  isReplay: boolean;
+  /** Context of the writing transaction (see `withContext`), or null. */
+  context: Record<string, unknown> | null;
+  /** For `notify_data_change()` payloads: what changed; otherwise undefined. */
+  change: Change | undefined;
+  isInsert(): boolean;
+  isUpdate(): boolean;
+  isDelete(): boolean;
+  /** For an UPDATE: names of the columns whose value changed; otherwise []. */
+  changedColumns(): string[];
+}
+
+/** The data of a BullMQ job for one notification, as the bridge writes it. */
+export interface NotificationJobData {
+  /** Notification id. */
+  id: string;
+  channel: string;
+  /** The payload as JSON text, exactly as stored. */
+  payload: string;
+  /** The context as JSON text, or null. */
+  context: string | null;
+  /** ISO timestamp of created_at. */
+  createdAt: string;
+  /** Set by reconcile and replays. */
+  replay?: boolean;
+}
+
+/** The data of a BullMQ job carrying several notifications (batch consumers). */
+export interface BatchJobData {
+  batch: NotificationJobData[];
+  replay?: boolean;
+}
+
+const ACTIONS = new Set(['INSERT', 'UPDATE', 'DELETE']);
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/** Recognizes a `notify_data_change()` payload and describes the change. */
+export function changeOf(payload: unknown): Change | undefined {
+  if (!isRecord(payload)) return undefined;
+  const { schema, table, action } = payload;
+  if (typeof schema !== 'string' || typeof table !== 'string' || typeof action !== 'string') {
+    return undefined;
+  }
+  if (!ACTIONS.has(action) || !('old' in payload) || !('new' in payload)) return undefined;
+  const oldRow = isRecord(payload.old) ? payload.old : null;
+  const newRow = isRecord(payload.new) ? payload.new : null;
+  const row = newRow ?? oldRow;
+  const keyColumns = Array.isArray(payload.primary_key)
+    ? payload.primary_key.filter((c): c is string => typeof c === 'string')
+    : row && 'id' in row
+      ? ['id']
+      : [];
+  let recordId: unknown = null;
+  if (row && keyColumns.length === 1) recordId = row[keyColumns[0]] ?? null;
+  else if (row && keyColumns.length > 1) {
+    recordId = Object.fromEntries(keyColumns.map((c) => [c, row[c] ?? null]));
+  }
+  return {
+    schema,
+    table,
+    action: action as Change['action'],
+    old: oldRow,
+    new: newRow,
+    recordId,
+  };
+}
+
+/** Builds the handler's {@link Notification} from job data. */
+export function toNotification(
+  data: NotificationJobData,
+  attempt: number,
+  isReplay: boolean,
+): Notification {
+  const payload: unknown = JSON.parse(data.payload);
+  const context =
+    data.context === null ? null : (JSON.parse(data.context) as Record<string, unknown>);
+  const change = changeOf(payload);
+  return {
+    id: data.id,
+    channel: data.channel,
+    payload,
+    createdAt: new Date(data.createdAt),
+    attempt,
+    isReplay,
+    context:
+      context ??
+      (isRecord(payload) && isRecord(payload.context) && change ? payload.context : null),
+    change,
+    isInsert: () => change?.action === 'INSERT',
+    isUpdate: () => change?.action === 'UPDATE',
+    isDelete: () => change?.action === 'DELETE',
+    changedColumns: () => {
+      if (change?.action !== 'UPDATE' || !change.old || !change.new) return [];
+      const oldRow = change.old;
+      const newRow = change.new;
+      const columns = new Set([...Object.keys(oldRow), ...Object.keys(newRow)]);
+      return [...columns].filter((c) => !sameJson(oldRow[c], newRow[c]));
+    },
+  };
+}

@@ -1,0 +1,254 @@
+import { hostname } from 'node:os';
+import { UnrecoverableError, Worker, type Job } from 'bullmq';
+import pg from 'pg';
+import pRetry from 'p-retry';
+import type { Redis } from 'ioredis';
+import type { Settings } from './config.js';
+import {
+  CONSUMER_DEFAULTS,
+  channelNames,
+  validateConsumers,
+  type ConsumerDefinition,
+  type SingleConsumerDefinition,
+} from './consumers.js';
+import { Store, type ConsumerRegistration } from './db/store.js';
+import { PgqError } from './errors.js';
+import { LedgerWriter } from './ledger.js';
+import { redactSecrets, silentLogger, type Logger } from './log.js';
+import { toNotification, type NotificationJobData } from './notification.js';
+import { checkEvictionPolicy, closeRedis, createRedis } from './redis.js';
+import { errorMessage, withTimeout } from './util.js';
+
+/** Options of {@link createWorker}. */
+export interface WorkerOptions {
+  settings: Pick<Settings, 'databaseUrl' | 'redisUrl' | 'schema' | 'prefix'>;
+  consumers: ConsumerDefinition[];
+  /** Overrides every consumer's `concurrency`. */
+  concurrency?: number;
+  /** How long `close()` waits for in-flight jobs before abandoning them (default 30 s). */
+  shutdownTimeoutMs?: number;
+  logger?: Logger;
+  /** Name recorded as the consumers' last seen worker (default host:pid). */
+  workerName?: string;
+}
+
+/** A running set of consumer workers (the `work` command). */
+export interface PgqWorker {
+  /** Registers the consumers in Postgres (retrying until it can), then starts their workers. */
+  start(): Promise<void>;
+  /** Graceful stop: in-flight jobs finish (up to the shutdown timeout), outcomes are written. */
+  close(): Promise<void>;
+  /** The BullMQ workers, by consumer id (after start). */
+  readonly workers: ReadonlyMap<string, Worker>;
+}
+
+/** BullMQ job options derived from a consumer definition; the listener applies them to its jobs. */
+export function jobOptionsOf(def: ConsumerDefinition): Record<string, unknown> {
+  return {
+    attempts: def.attempts ?? CONSUMER_DEFAULTS.attempts,
+    backoff: def.backoff ?? CONSUMER_DEFAULTS.backoff,
+    removeOnComplete: def.removeOnComplete ?? CONSUMER_DEFAULTS.removeOnComplete,
+    removeOnFail: def.removeOnFail ?? CONSUMER_DEFAULTS.removeOnFail,
+  };
+}
+
+function isPermanent(error: unknown): boolean {
+  return (
+    error instanceof UnrecoverableError ||
+    (error instanceof Error && error.name === 'UnrecoverableError')
+  );
+}
+
+class ConsumerWorkers implements PgqWorker {
+  readonly workers = new Map<string, Worker>();
+  private readonly store: Store;
+  private readonly log: Logger;
+  private readonly pool: pg.Pool;
+  private readonly redis: Redis;
+  private readonly ledger: LedgerWriter;
+  private readonly abort = new AbortController();
+  private readonly workerName: string;
+  private heartbeat: NodeJS.Timeout | undefined;
+  private closing: Promise<void> | undefined;
+
+  constructor(private readonly options: WorkerOptions) {
+    this.log = options.logger ?? silentLogger();
+    validateConsumers(options.consumers.map((value) => ({ value, where: 'createWorker' })));
+    for (const def of options.consumers) {
+      if (def.batch) {
+        throw new PgqError(
+          'PGQ_UNSUPPORTED',
+          `consumer ${def.id}: batch consumers are not supported by this version yet`,
+        );
+      }
+    }
+    if (
+      options.concurrency !== undefined &&
+      !(Number.isInteger(options.concurrency) && options.concurrency > 0)
+    ) {
+      throw new RangeError(`concurrency must be a positive integer, got ${options.concurrency}`);
+    }
+    this.store = new Store(options.settings.schema);
+    this.workerName = options.workerName ?? `${hostname()}:${process.pid}`;
+    this.pool = new pg.Pool({
+      connectionString: options.settings.databaseUrl,
+      max: 3,
+      connectionTimeoutMillis: 10_000,
+      application_name: 'pgq-bridge work',
+    });
+    this.pool.on('error', (error) =>
+      this.log.warn({ err: redactSecrets(error.message) }, 'idle Postgres connection failed'),
+    );
+    this.redis = createRedis(options.settings.redisUrl, this.log, 'work');
+    this.ledger = new LedgerWriter(this.store, this.pool, this.log);
+  }
+
+  async start(): Promise<void> {
+    void checkEvictionPolicy(this.redis, this.log);
+    const registrations: ConsumerRegistration[] = this.options.consumers.map((def) => ({
+      id: def.id,
+      channels: channelNames(def),
+      jobOptions: jobOptionsOf(def),
+      batch: def.batch ?? null,
+      startFrom: def.startFrom ?? CONSUMER_DEFAULTS.startFrom,
+      worker: this.workerName,
+    }));
+    await pRetry(
+      async () => {
+        const client = await this.pool.connect();
+        try {
+          await this.store.registerConsumers(client, registrations);
+        } finally {
+          client.release();
+        }
+      },
+      {
+        retries: Infinity,
+        minTimeout: 1000,
+        maxTimeout: 30_000,
+        signal: this.abort.signal,
+        onFailedAttempt: ({ error, attemptNumber }) =>
+          this.log.warn(
+            { err: redactSecrets(errorMessage(error)), attempt: attemptNumber },
+            'registering consumers failed; retrying',
+          ),
+      },
+    );
+    if (this.abort.signal.aborted) return;
+    for (const def of this.options.consumers) {
+      this.workers.set(def.id, this.startWorker(def as SingleConsumerDefinition));
+      this.log.info(
+        { consumer: def.id, channels: channelNames(def) },
+        'consumer registered; worker started',
+      );
+    }
+    this.heartbeat = setInterval(() => {
+      this.store
+        .touchConsumers(this.pool, [...this.workers.keys()], this.workerName)
+        .catch(() => undefined);
+    }, 30_000);
+    this.heartbeat.unref();
+  }
+
+  private startWorker(def: SingleConsumerDefinition): Worker {
+    const timeoutMs = def.timeout;
+    const worker = new Worker(
+      def.id,
+      async (job: Job) => {
+        const data = job.data as NotificationJobData;
+        const attempt = job.attemptsMade + 1;
+        const isReplay = data.replay === true;
+        if (isReplay) {
+          const done = await this.store.completedAmong(this.pool, def.id, [data.id]);
+          if (done.has(data.id)) return { skipped: 'already completed per the ledger' };
+        }
+        const notification = toNotification(data, attempt, isReplay);
+        try {
+          const run = Promise.resolve(def.handle(notification, job));
+          const result = timeoutMs
+            ? await withTimeout(run, timeoutMs, `handler of ${def.id} timed out`)
+            : await run;
+          this.ledger.record({
+            consumerId: def.id,
+            notificationId: data.id,
+            status: 'completed',
+            attempts: attempt,
+            lastError: null,
+          });
+          return result ?? null;
+        } catch (error) {
+          const attempts = job.opts.attempts ?? 1;
+          const final = isPermanent(error) || attempt >= attempts;
+          const log = final ? this.log.error.bind(this.log) : this.log.warn.bind(this.log);
+          log(
+            {
+              notificationId: data.id,
+              channel: data.channel,
+              consumer: def.id,
+              attempt,
+              err: errorMessage(error),
+            },
+            final ? 'handler failed for good (job kept as failed)' : 'handler failed; will retry',
+          );
+          if (final) {
+            this.ledger.record({
+              consumerId: def.id,
+              notificationId: data.id,
+              status: 'failed',
+              attempts: attempt,
+              lastError: errorMessage(error).slice(0, 2000),
+            });
+          }
+          throw error;
+        }
+      },
+      {
+        connection: this.redis,
+        prefix: this.options.settings.prefix,
+        concurrency: this.options.concurrency ?? def.concurrency ?? CONSUMER_DEFAULTS.concurrency,
+        ...(def.limiter ? { limiter: def.limiter } : {}),
+      },
+    );
+    worker.on('error', (error) =>
+      this.log.warn({ consumer: def.id, err: redactSecrets(errorMessage(error)) }, 'worker error'),
+    );
+    return worker;
+  }
+
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
+    this.abort.abort();
+    clearInterval(this.heartbeat);
+    const timeoutMs = this.options.shutdownTimeoutMs ?? 30_000;
+    await Promise.all(
+      [...this.workers.entries()].map(async ([id, worker]) => {
+        try {
+          await withTimeout(worker.close(), timeoutMs, 'in-flight jobs did not finish');
+        } catch {
+          this.log.warn(
+            { consumer: id, timeoutMs },
+            'shutdown timeout: abandoning in-flight jobs (BullMQ retries them as stalled)',
+          );
+          await worker.close(true).catch(() => undefined);
+        }
+      }),
+    );
+    await this.ledger.flush();
+    this.ledger.close();
+    await closeRedis(this.redis);
+    await this.pool.end();
+  }
+}
+
+/**
+ * Creates the workers of the given consumers (the `work` command): one BullMQ Worker per
+ * consumer, whose queue is named after the consumer id. Run as many as you like, on as many
+ * machines: BullMQ hands each job to exactly one of them at a time.
+ */
+export function createWorker(options: WorkerOptions): PgqWorker {
+  return new ConsumerWorkers(options);
+}
