@@ -2,13 +2,12 @@ import { EventEmitter } from 'node:events';
 import { Queue, type JobsOptions } from 'bullmq';
 import pg from 'pg';
 import pRetry from 'p-retry';
-import type { Redis } from 'ioredis';
 import { Store, type NotificationRow, type SubscriptionRow } from './db/store.js';
 import type { Settings } from './config.js';
 import { WakeupListener } from './listener.js';
 import { redactSecrets, silentLogger, type Logger } from './log.js';
 import type { NotificationJobData } from './notification.js';
-import { checkEvictionPolicy, closeRedis, createRedis } from './redis.js';
+import { checkEvictionPolicy, closeRedis, createRedis, type RedisConnection } from './redis.js';
 import { errorMessage, withTimeout } from './util.js';
 import { assertChannel } from './identifiers.js';
 
@@ -98,7 +97,7 @@ export function planJobs(
 export class QueueSet {
   private readonly queues = new Map<string, Queue>();
   constructor(
-    readonly redis: Redis,
+    readonly redis: RedisConnection,
     readonly prefix: string,
   ) {}
 
@@ -134,7 +133,7 @@ class BridgeListener extends EventEmitter implements Listener {
   private readonly store: Store;
   private readonly log: Logger;
   private readonly pool: pg.Pool;
-  private readonly redis: Redis;
+  private readonly redis: RedisConnection;
   private readonly queues: QueueSet;
   private readonly wakeups: WakeupListener;
   private readonly abort = new AbortController();

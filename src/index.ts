@@ -26,3 +26,19 @@ export { migrate, migrationScript, type MigrateOptions, type MigrateResult } fro
 export { createListener, jobIdFor, type Listener, type ListenerOptions } from './bridge.js';
 export { createWorker, type PgqWorker, type WorkerOptions } from './worker.js';
 export { createLogger, type Logger } from './log.js';
+export {
+  status,
+  formatStatus,
+  type StatusOptions,
+  type StatusReport,
+  type ConsumerStatus,
+  type JobCounts,
+} from './status.js';
+export { assertSchemaCurrent, runStartupChecks, type StartupCheckOptions } from './checks.js';
+export {
+  createRedis,
+  queuePrefix,
+  checkEvictionPolicy,
+  type RedisConnection,
+  type RedisSettings,
+} from './redis.js';

@@ -1,16 +1,86 @@
-import { Redis } from 'ioredis';
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
+import { PgqError } from './errors.js';
 import { redactSecrets, type Logger } from './log.js';
 
+/** A BullMQ connection: one Redis server or a Redis Cluster. */
+export type RedisConnection = Redis | Cluster;
+
+/** The settings that decide how to reach Redis. */
+export interface RedisSettings {
+  /** One Redis URL, or several comma-separated node URLs of a Redis Cluster. */
+  redisUrl: string;
+  /** Treat `redisUrl` as a seed node of a Redis Cluster even if it is a single URL. */
+  redisCluster?: boolean;
+}
+
+function nodeUrls(redisUrl: string): string[] {
+  return redisUrl
+    .split(',')
+    .map((part) => part.trim())
+    .filter(Boolean);
+}
+
+/** Whether these settings address a Redis Cluster (several nodes, or `--redis-cluster`). */
+export function isClusterSetting(settings: RedisSettings): boolean {
+  return settings.redisCluster === true || nodeUrls(settings.redisUrl).length > 1;
+}
+
 /**
- * Opens an ioredis connection suitable for BullMQ (workers need `maxRetriesPerRequest: null`).
- * It reconnects forever with capped backoff; errors are logged (rate-limited), never thrown.
+ * The BullMQ key prefix actually used. On a Redis Cluster, BullMQ's Lua scripts touch several
+ * keys of a queue at once and Redis refuses keys of different hash slots, so the prefix is
+ * wrapped in a hash tag (`pgq` → `{pgq}`): every key then hashes to the same slot.
  */
-export function createRedis(url: string, log: Logger, name: string): Redis {
-  const redis = new Redis(url, {
+export function queuePrefix(settings: RedisSettings & { prefix: string }): string {
+  if (!isClusterSetting(settings) || /\{[^}]+\}/.test(settings.prefix)) return settings.prefix;
+  return `{${settings.prefix}}`;
+}
+
+function retryDelay(times: number): number {
+  return Math.min(100 * 2 ** Math.min(times, 6), 5000);
+}
+
+/** Options shared by single connections and cluster nodes, taken from a redis:// URL. */
+function nodeOptions(url: URL, name: string): RedisOptions {
+  return {
+    // BullMQ workers need it: a command waits for a reconnect instead of failing.
     maxRetriesPerRequest: null,
     connectionName: `pgq-bridge:${name}`,
-    retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times, 6), 5000),
-  });
+    ...(url.username ? { username: decodeURIComponent(url.username) } : {}),
+    ...(url.password ? { password: decodeURIComponent(url.password) } : {}),
+    ...(url.protocol === 'rediss:' ? { tls: {} } : {}),
+  };
+}
+
+/**
+ * Opens the Redis connection used with BullMQ. This is the only place pgq-bridge builds one:
+ * a single server, or an ioredis `Cluster` when `redisUrl` lists several nodes or `redisCluster`
+ * is set. It reconnects forever with capped backoff; errors are logged (rate-limited), never
+ * thrown. A plain URL string is accepted for a single server.
+ */
+export function createRedis(
+  target: string | RedisSettings,
+  log: Logger,
+  name: string,
+): RedisConnection {
+  const settings = typeof target === 'string' ? { redisUrl: target } : target;
+  let redis: RedisConnection;
+  if (isClusterSetting(settings)) {
+    const urls = nodeUrls(settings.redisUrl).map((u) => new URL(u));
+    redis = new Cluster(
+      urls.map((u) => ({ host: u.hostname, port: Number(u.port || 6379) })),
+      {
+        redisOptions: nodeOptions(urls[0], name),
+        clusterRetryStrategy: retryDelay,
+        // Keep BullMQ's multi-key scripts on masters: replicas may lag.
+        scaleReads: 'master',
+      },
+    );
+  } else {
+    redis = new Redis(settings.redisUrl, {
+      ...nodeOptions(new URL(settings.redisUrl), name),
+      retryStrategy: retryDelay,
+    });
+  }
   let lastLogged = 0;
   redis.on('error', (error: Error) => {
     const now = Date.now();
@@ -24,26 +94,50 @@ export function createRedis(url: string, log: Logger, name: string): Redis {
   return redis;
 }
 
-/** BullMQ loses jobs silently under any eviction policy but `noeviction`: say so loudly. */
-export async function checkEvictionPolicy(redis: Redis, log: Logger): Promise<string | undefined> {
+async function policyOf(node: Redis): Promise<string | undefined> {
+  const reply = (await node.config('GET', 'maxmemory-policy')) as string[];
+  return reply[1];
+}
+
+/** Options of {@link checkEvictionPolicy}. */
+export interface EvictionCheckOptions {
+  /** Throw `PGQ_REDIS_EVICTION` instead of only warning. */
+  strict?: boolean;
+}
+
+/**
+ * BullMQ loses jobs silently under any eviction policy but `noeviction`: says so loudly (an
+ * error-level log line), or refuses with `strict`. Resolves with the policy found (the first
+ * offending one on a cluster), or undefined when it cannot be read (CONFIG disabled on managed
+ * Redis, or Redis unreachable).
+ */
+export async function checkEvictionPolicy(
+  redis: RedisConnection,
+  log: Logger,
+  options: EvictionCheckOptions = {},
+): Promise<string | undefined> {
+  let policy: string | undefined;
   try {
-    const reply = (await redis.config('GET', 'maxmemory-policy')) as string[];
-    const policy = reply[1];
-    if (policy && policy !== 'noeviction') {
-      log.warn(
-        { maxmemoryPolicy: policy },
-        `Redis maxmemory-policy is "${policy}": Redis may evict BullMQ jobs. Set maxmemory-policy noeviction (reconcile --verify recovers evicted jobs)`,
-      );
-    }
-    return policy;
+    const nodes = redis instanceof Cluster ? redis.nodes('master') : [redis];
+    const policies = await Promise.all(nodes.map((node) => policyOf(node)));
+    policy = policies.find((p) => p && p !== 'noeviction') ?? policies[0];
   } catch {
-    // CONFIG may be disabled (managed Redis); nothing to check then.
     return undefined;
   }
+  if (policy && policy !== 'noeviction') {
+    const message =
+      `Redis maxmemory-policy is "${policy}": Redis may evict BullMQ jobs and lose notifications. ` +
+      'Set maxmemory-policy noeviction (reconcile --verify recovers evicted jobs)';
+    if (options.strict) {
+      throw new PgqError('PGQ_REDIS_EVICTION', `${message}; refused because of --strict`);
+    }
+    log.error({ maxmemoryPolicy: policy, check: 'redis-eviction' }, message);
+  }
+  return policy;
 }
 
 /** Disconnects without waiting for pending replies (used at shutdown, after queues closed). */
-export async function closeRedis(redis: Redis): Promise<void> {
+export async function closeRedis(redis: RedisConnection): Promise<void> {
   try {
     await redis.quit();
   } catch {

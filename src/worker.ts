@@ -2,7 +2,6 @@ import { hostname } from 'node:os';
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import pg from 'pg';
 import pRetry from 'p-retry';
-import type { Redis } from 'ioredis';
 import type { Settings } from './config.js';
 import {
   CONSUMER_DEFAULTS,
@@ -16,7 +15,7 @@ import { PgqError } from './errors.js';
 import { LedgerWriter } from './ledger.js';
 import { redactSecrets, silentLogger, type Logger } from './log.js';
 import { toNotification, type NotificationJobData } from './notification.js';
-import { checkEvictionPolicy, closeRedis, createRedis } from './redis.js';
+import { checkEvictionPolicy, closeRedis, createRedis, type RedisConnection } from './redis.js';
 import { errorMessage, withTimeout } from './util.js';
 
 /** Options of {@link createWorker}. */
@@ -64,7 +63,7 @@ class ConsumerWorkers implements PgqWorker {
   private readonly store: Store;
   private readonly log: Logger;
   private readonly pool: pg.Pool;
-  private readonly redis: Redis;
+  private readonly redis: RedisConnection;
   private readonly ledger: LedgerWriter;
   private readonly abort = new AbortController();
   private readonly workerName: string;

@@ -6,6 +6,7 @@ import { errorMessage } from '../util.js';
 import { registerListen } from './listen.js';
 import { registerMigrate } from './migrate.js';
 import { registerNotify } from './notify.js';
+import { registerStatus } from './status.js';
 import { registerWork } from './work.js';
 
 /** Builds the `pgq-bridge` commander program with its global settings. */
@@ -35,6 +36,7 @@ export function buildProgram(): Command {
   registerNotify(program);
   registerListen(program);
   registerWork(program);
+  registerStatus(program);
   for (const command of program.commands) command.exitOverride();
   return program;
 }
