@@ -1,5 +1,6 @@
 import { Command, InvalidArgumentError } from 'commander';
 import pg from 'pg';
+import { assertChannel } from '../identifiers.js';
 import { notify } from '../notify.js';
 import { commandContext } from './context.js';
 
@@ -18,6 +19,8 @@ export function registerNotify(program: Command): void {
     .argument('<channel>', 'channel name (1-63 of A-Z a-z 0-9 _ . : -)')
     .argument('<json>', 'payload, as JSON', jsonArgument)
     .action(async (channel: string, payload: unknown, _opts: unknown, command: Command) => {
+      // A bad channel is a usage error (exit 2) whether or not Postgres is reachable.
+      assertChannel(channel);
       const { config } = await commandContext(command);
       const client = new pg.Client({ connectionString: config.databaseUrl });
       await client.connect();
