@@ -16,8 +16,8 @@ export type Backoff = number | { type: 'fixed' | 'exponential'; delay?: number; 
 export interface ConsumerOptions {
   /** 1–64 characters of `[A-Za-z0-9_-]`; also the BullMQ queue name. */
   id: string;
-  /** Channels this consumer subscribes to. */
-  channels: readonly (string | { readonly name: string })[];
+  /** Channels this consumer subscribes to: names, or typed channels from `defineChannel`. */
+  channels: readonly ChannelRef[];
   /** Jobs this consumer runs at once per worker process (BullMQ `concurrency`, default 1). */
   concurrency?: number;
   /** Attempts before a job is failed for good (BullMQ `attempts`, default 5). */
@@ -55,13 +55,33 @@ export interface BatchConsumerDefinition<Payload = unknown> extends ConsumerOpti
 export type ConsumerDefinition<Payload = unknown> =
   SingleConsumerDefinition<Payload> | BatchConsumerDefinition<Payload>;
 
+/** A channel in a consumer's `channels`: a name, or a typed channel from `defineChannel`. */
+export type ChannelRef = string | { readonly name: string; readonly payloadType?: unknown };
+
+/**
+ * The payload type a handler receives from a list of channels: the union of the typed channels'
+ * payloads, or `unknown` as soon as one channel is a plain name.
+ */
+export type PayloadOfChannels<Channels extends readonly ChannelRef[]> = PayloadOf<Channels[number]>;
+type PayloadOf<C> = C extends string
+  ? unknown
+  : C extends { readonly payloadType?: infer P }
+    ? P
+    : unknown;
+
 /**
  * Identity helper that types a consumer definition:
  * `export default defineConsumer({ id: 'welcome-email', channels: ['users'], handle(n) {...} })`.
+ * With typed channels (`channels: [orders]`), `n.payload` has the channels' payload type; with
+ * names only, pass it yourself: `defineConsumer<MyPayload>({...})`.
  */
+export function defineConsumer<const Channels extends readonly ChannelRef[]>(
+  definition: ConsumerDefinition<PayloadOfChannels<Channels>> & { channels: Channels },
+): ConsumerDefinition<PayloadOfChannels<Channels>>;
 export function defineConsumer<Payload = unknown>(
   definition: ConsumerDefinition<Payload>,
-): ConsumerDefinition<Payload> {
+): ConsumerDefinition<Payload>;
+export function defineConsumer(definition: ConsumerDefinition): ConsumerDefinition {
   return definition;
 }
 

@@ -12,8 +12,36 @@ export {
   type BatchConsumerDefinition,
   type Backoff,
   type KeepJobs,
+  type ChannelRef,
+  type PayloadOfChannels,
 } from './consumers.js';
 export type { Notification, Change } from './notification.js';
+export {
+  defineChannel,
+  type Channel,
+  type ChannelOptions,
+  type PayloadValidator,
+  type StandardSchemaV1,
+  type StandardSchemaResult,
+} from './channel.js';
+export {
+  withContext,
+  setContext,
+  type NotificationContext,
+  type TransactionClient,
+} from './context.js';
+export {
+  addTrigger,
+  removeTrigger,
+  listTriggers,
+  triggerSql,
+  DEFAULT_CHANGE_CHANNEL,
+  type AddTriggerOptions,
+  type TriggerTargetOptions,
+  type TableRef,
+  type InstalledTrigger,
+  type TriggerEvent,
+} from './triggers.js';
 export { PgqError, PermanentError, UsageError, ConfigError } from './errors.js';
 export {
   defineConfig,
@@ -25,6 +53,8 @@ export {
 export { migrate, migrationScript, type MigrateOptions, type MigrateResult } from './db/migrate.js';
 export { createListener, jobIdFor, type Listener, type ListenerOptions } from './bridge.js';
 export { createWorker, type PgqWorker, type WorkerOptions } from './worker.js';
+export { reconcile, type ReconcileOptions, type ReconcileResult } from './reconcile.js';
+export { cleanup, type CleanupOptions, type CleanupResult } from './cleanup.js';
 export { createLogger, type Logger } from './log.js';
 export {
   status,

@@ -3,9 +3,12 @@ import { UsageError } from '../errors.js';
 import { LOG_LEVELS } from '../config.js';
 import { redactSecrets } from '../log.js';
 import { errorMessage } from '../util.js';
+import { registerCleanup } from './cleanup.js';
 import { registerListen } from './listen.js';
 import { registerMigrate } from './migrate.js';
 import { registerNotify } from './notify.js';
+import { registerReconcile } from './reconcile.js';
+import { registerTriggers } from './triggers.js';
 import { registerStatus } from './status.js';
 import { registerWork } from './work.js';
 
@@ -34,8 +37,11 @@ export function buildProgram(): Command {
     .exitOverride();
   registerMigrate(program);
   registerNotify(program);
+  registerTriggers(program);
   registerListen(program);
   registerWork(program);
+  registerReconcile(program);
+  registerCleanup(program);
   registerStatus(program);
   for (const command of program.commands) command.exitOverride();
   return program;
