@@ -285,6 +285,12 @@ class BridgeListener extends EventEmitter implements Listener {
     const client = await this.pool.connect();
     let committed = false;
     let broken: Error | undefined;
+    // A checked-out client has no pool 'error' listener: without this one, the connection dying
+    // mid-batch (e.g. a Postgres restart) would crash the process instead of failing the batch.
+    const onError = (error: Error): void => {
+      broken = error;
+    };
+    client.on('error', onError);
     try {
       await client.query('BEGIN');
       const subscriptions = await this.store.readSubscriptionsLocked(client);
@@ -320,6 +326,7 @@ class BridgeListener extends EventEmitter implements Listener {
         await client.query('ROLLBACK').catch(() => undefined);
       }
       // A connection that failed mid-transaction is discarded rather than reused.
+      client.removeListener('error', onError);
       client.release(broken);
     }
   }

@@ -115,10 +115,17 @@ class ConsumerWorkers implements PgqWorker {
     await pRetry(
       async () => {
         const client = await this.pool.connect();
+        // Checked-out clients have no pool 'error' listener; a dying connection must not crash us.
+        let broken: Error | undefined;
+        const onError = (error: Error): void => {
+          broken = error;
+        };
+        client.on('error', onError);
         try {
           await this.store.registerConsumers(client, registrations);
         } finally {
-          client.release();
+          client.removeListener('error', onError);
+          client.release(broken);
         }
       },
       {
