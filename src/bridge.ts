@@ -5,6 +5,7 @@ import pRetry from 'p-retry';
 import { Store, type NotificationRow, type SubscriptionRow } from './db/store.js';
 import type { Settings } from './config.js';
 import { WakeupListener } from './listener.js';
+import { WakeupLease } from './lease.js';
 import { redactSecrets, silentLogger, type Logger } from './log.js';
 import type { NotificationJobData } from './notification.js';
 import { checkEvictionPolicy, closeRedis, createRedis, type RedisConnection } from './redis.js';
@@ -24,6 +25,12 @@ export interface ListenerOptions {
   reconnectDelayMs?: number;
   /** Safety poll: the longest a missed wake-up can delay a row, in ms (default 5000). */
   pollIntervalMs?: number;
+  /**
+   * Wake-up lease length in ms (default 1000; 0 turns it off). While this listener keeps finding
+   * rows it holds the lease, so `notify()` skips the costly NOTIFY, and it polls every few ms.
+   * Only a listener of every channel holds it: writers on other channels must still wake someone.
+   */
+  wakeupLeaseMs?: number;
   /** How long Redis may take to accept a batch before the transaction rolls back (default 15 s). */
   enqueueTimeoutMs?: number;
   logger?: Logger;
@@ -143,6 +150,7 @@ class BridgeListener extends EventEmitter implements Listener {
   private wakePending = true;
   private wakeWaiter: (() => void) | undefined;
   private loop: Promise<void> | undefined;
+  private readonly lease: WakeupLease | undefined;
 
   constructor(private readonly options: ListenerOptions) {
     super();
@@ -168,6 +176,10 @@ class BridgeListener extends EventEmitter implements Listener {
     );
     this.redis = createRedis(settings.redisUrl, this.log, 'listen');
     this.queues = new QueueSet(this.redis, settings.prefix);
+    const leaseMs = options.wakeupLeaseMs ?? 1000;
+    if (!this.channels && leaseMs > 0) {
+      this.lease = new WakeupLease({ store: this.store, db: this.pool, logger: this.log, leaseMs });
+    }
     this.wakeups = new WakeupListener({
       url: settings.listenDatabaseUrl,
       store: this.store,
@@ -194,6 +206,8 @@ class BridgeListener extends EventEmitter implements Listener {
     this.wakeWaiter?.();
     await this.loop;
     await this.wakeups.stop();
+    // Writers resume sending NOTIFY at once, so another listener wakes without waiting a lease out.
+    await this.lease?.release();
     await this.queues.close();
     await closeRedis(this.redis);
     await this.pool.end();
@@ -266,8 +280,9 @@ class BridgeListener extends EventEmitter implements Listener {
         });
         // After recovering from a failure, sweep again at once: anything may have piled up.
         if (failed) this.wakePending = true;
+        await this.lease?.afterBatch(bridged);
         if (bridged >= this.batchSize) continue;
-        await this.waitForWake(pollMs);
+        await this.waitForWake(this.lease ? this.lease.nextWaitMs(pollMs) : pollMs);
       }
     } catch (error) {
       if (!this.abort.signal.aborted) {

@@ -122,6 +122,31 @@ export class Store {
     return res.rows;
   }
 
+  /**
+   * Extends the wake-up lease (migration 0005) to at least `ms` from now, as its own autocommit
+   * statement: inside a batch transaction its row lock would serialize listeners. While the lease
+   * is live, `notify()` skips `pg_notify`. Returns the new end as text (microseconds kept, for
+   * {@link releaseWakeupLease}).
+   */
+  async extendWakeupLease(db: Queryable, ms: number): Promise<string> {
+    const res = await db.query<{ until: string }>(
+      `UPDATE ${this.s}.listener_lease
+          SET awake_until = greatest(awake_until, clock_timestamp() + $1 * interval '1 millisecond')
+        RETURNING awake_until::text AS until`,
+      [ms],
+    );
+    return res.rows[0]?.until ?? '-infinity';
+  }
+
+  /** Ends the wake-up lease now, unless another listener extended it beyond `until`. */
+  async releaseWakeupLease(db: Queryable, until: string): Promise<void> {
+    await db.query(
+      `UPDATE ${this.s}.listener_lease SET awake_until = '-infinity'
+        WHERE awake_until <= $1::timestamptz`,
+      [until],
+    );
+  }
+
   /** Highest notification id stored so far ('0' when none). */
   async maxNotificationId(db: Queryable): Promise<string> {
     const res = await db.query<{ id: string | null }>(
