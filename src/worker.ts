@@ -139,7 +139,11 @@ class ConsumerWorkers implements PgqWorker {
             'registering consumers failed; retrying',
           ),
       },
-    );
+    ).catch((error: unknown) => {
+      // Stopped (SIGINT/SIGTERM) while still retrying: a graceful stop, not a failure.
+      if (this.abort.signal.aborted) return [];
+      throw error;
+    });
     if (this.abort.signal.aborted) return;
     for (const def of this.options.consumers) {
       this.workers.set(def.id, this.startWorker(def as SingleConsumerDefinition));
