@@ -6,11 +6,10 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { runCli } from '../support/cli.js';
+import { runCli, startCli } from '../support/cli.js';
 import { createTestEnv, type TestEnv } from '../support/env.js';
 import { hasMsg, removeConsumerDirs, writeConsumers } from '../support/core.js';
 import { freePort } from '../support/servers.js';
-import { startCli } from '../support/cli.js';
 
 const t: TestEnv = createTestEnv();
 afterAll(async () => {
