@@ -17,6 +17,7 @@ import { redactSecrets, silentLogger, type Logger } from './log.js';
 import { toNotification, type NotificationJobData } from './notification.js';
 import { checkEvictionPolicy, closeRedis, createRedis, type RedisConnection } from './redis.js';
 import { errorMessage, withTimeout } from './util.js';
+import { playback } from './reconcile.js';
 
 /** Options of {@link createWorker}. */
 export interface WorkerOptions {
@@ -29,6 +30,12 @@ export interface WorkerOptions {
   logger?: Logger;
   /** Name recorded as the consumers' last seen worker (default host:pid). */
   workerName?: string;
+  /**
+   * Record outcomes in the delivery ledger (default true). Only benchmarks turn it off, to
+   * measure what the ledger costs: without it, replays cannot tell what already ran.
+   * @internal
+   */
+  ledger?: boolean;
 }
 
 /** A running set of consumer workers (the `work` command). */
@@ -65,10 +72,12 @@ class ConsumerWorkers implements PgqWorker {
   private readonly pool: pg.Pool;
   private readonly redis: RedisConnection;
   private readonly ledger: LedgerWriter;
+  private readonly recordOutcomes: boolean;
   private readonly abort = new AbortController();
   private readonly workerName: string;
   private heartbeat: NodeJS.Timeout | undefined;
   private closing: Promise<void> | undefined;
+  private playingBack: Promise<void> | undefined;
 
   constructor(private readonly options: WorkerOptions) {
     this.log = options.logger ?? silentLogger();
@@ -100,6 +109,7 @@ class ConsumerWorkers implements PgqWorker {
     );
     this.redis = createRedis(options.settings.redisUrl, this.log, 'work');
     this.ledger = new LedgerWriter(this.store, this.pool, this.log);
+    this.recordOutcomes = options.ledger ?? true;
   }
 
   async start(): Promise<void> {
@@ -112,7 +122,7 @@ class ConsumerWorkers implements PgqWorker {
       startFrom: def.startFrom ?? CONSUMER_DEFAULTS.startFrom,
       worker: this.workerName,
     }));
-    await pRetry(
+    const created = await pRetry(
       async () => {
         const client = await this.pool.connect();
         // Checked-out clients have no pool 'error' listener; a dying connection must not crash us.
@@ -122,7 +132,7 @@ class ConsumerWorkers implements PgqWorker {
         };
         client.on('error', onError);
         try {
-          await this.store.registerConsumers(client, registrations);
+          return await this.store.registerConsumers(client, registrations);
         } finally {
           client.removeListener('error', onError);
           client.release(broken);
@@ -152,12 +162,38 @@ class ConsumerWorkers implements PgqWorker {
         'consumer registered; worker started',
       );
     }
+    // New subscriptions of a 'beginning' consumer are owed rows bridged before they existed.
+    // Only the process whose registration created them plays them back; if it stops before the
+    // end, the next `reconcile` finishes the playback.
+    const newSubscribers = [...new Set(created.map((s) => s.consumerId))];
+    if (newSubscribers.length > 0) this.playingBack = this.playBack(newSubscribers);
     this.heartbeat = setInterval(() => {
       this.store
         .touchConsumers(this.pool, [...this.workers.keys()], this.workerName)
         .catch(() => undefined);
     }, 30_000);
     this.heartbeat.unref();
+  }
+
+  private async playBack(consumers: string[]): Promise<void> {
+    try {
+      const result = await playback({
+        pool: this.pool,
+        redis: this.redis,
+        settings: this.options.settings,
+        consumers,
+        logger: this.log,
+        signal: this.abort.signal,
+      });
+      if (result.scanned > 0) {
+        this.log.info({ consumers, ...result }, 'played stored notifications to new consumers');
+      }
+    } catch (error) {
+      this.log.warn(
+        { consumers, err: redactSecrets(errorMessage(error)) },
+        'playback for new consumers failed; `pgq-bridge reconcile` finishes it',
+      );
+    }
   }
 
   private startWorker(def: SingleConsumerDefinition): Worker {
@@ -178,13 +214,15 @@ class ConsumerWorkers implements PgqWorker {
           const result = timeoutMs
             ? await withTimeout(run, timeoutMs, `handler of ${def.id} timed out`)
             : await run;
-          this.ledger.record({
-            consumerId: def.id,
-            notificationId: data.id,
-            status: 'completed',
-            attempts: attempt,
-            lastError: null,
-          });
+          if (this.recordOutcomes) {
+            this.ledger.record({
+              consumerId: def.id,
+              notificationId: data.id,
+              status: 'completed',
+              attempts: attempt,
+              lastError: null,
+            });
+          }
           return result ?? null;
         } catch (error) {
           const attempts = job.opts.attempts ?? 1;
@@ -200,7 +238,7 @@ class ConsumerWorkers implements PgqWorker {
             },
             final ? 'handler failed for good (job kept as failed)' : 'handler failed; will retry',
           );
-          if (final) {
+          if (final && this.recordOutcomes) {
             this.ledger.record({
               consumerId: def.id,
               notificationId: data.id,
@@ -233,6 +271,7 @@ class ConsumerWorkers implements PgqWorker {
   private async doClose(): Promise<void> {
     this.abort.abort();
     clearInterval(this.heartbeat);
+    await this.playingBack;
     const timeoutMs = this.options.shutdownTimeoutMs ?? 30_000;
     await Promise.all(
       [...this.workers.entries()].map(async ([id, worker]) => {

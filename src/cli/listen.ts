@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
 import { createListener } from '../bridge.js';
+import { UsageError } from '../errors.js';
+import { reconcile } from '../reconcile.js';
 import { commandContext, list, nonNegativeNumber, positiveInt, runUntilSignal } from './context.js';
 
 interface ListenFlags {
@@ -22,7 +24,10 @@ export function registerListen(program: Command): void {
       '--skip-playback',
       'do not bridge rows stored before the start (leave them to reconcile)',
     )
-    .option('--recover', 'run a reconcile before listening')
+    .option(
+      '--recover',
+      'first run `reconcile --verify` (unbridged rows, playback, jobs lost from Redis)',
+    )
     .option(
       '--reconnect-delay <seconds>',
       'first delay before reconnecting (backs off to 30 s)',
@@ -37,7 +42,21 @@ export function registerListen(program: Command): void {
     )
     .option('--metrics-port <port>', 'serve Prometheus metrics on this port', positiveInt)
     .action(async (opts: ListenFlags, command: Command) => {
+      if (opts.recover && opts.skipPlayback) {
+        throw new UsageError('--recover and --skip-playback contradict each other: pick one');
+      }
       const { config, log } = await commandContext(command);
+      if (opts.recover) {
+        // The same path as `reconcile --verify`, restricted to the channels this listener serves.
+        const result = await reconcile({
+          settings: config,
+          channels: opts.channels,
+          verify: true,
+          batchSize: Math.max(opts.batchSize ?? 500, 1000),
+          logger: log,
+        });
+        log.info(result, 'recovered: reconcile --verify finished');
+      }
       const listener = createListener({
         settings: config,
         channels: opts.channels,

@@ -201,11 +201,13 @@ export class Store {
         // later to an existing consumer starts from now.
         const afterId = isNewConsumer && c.startFrom === 'beginning' ? '0' : maxId;
         const subs = await client.query<{ channel: string; after_id: string }>(
-          `INSERT INTO ${this.s}.subscriptions (consumer_id, channel, after_id)
-           SELECT $1, ch, $3 FROM unnest($2::text[]) AS ch
+          // playback_through_id: rows up to the newest stored one may have been bridged before
+          // this subscription existed; playback (src/reconcile.ts) enqueues those for it.
+          `INSERT INTO ${this.s}.subscriptions (consumer_id, channel, after_id, playback_through_id)
+           SELECT $1, ch, $3, $4 FROM unnest($2::text[]) AS ch
            ON CONFLICT (consumer_id, channel) DO NOTHING
            RETURNING channel, after_id`,
-          [c.id, c.channels, afterId],
+          [c.id, c.channels, afterId, maxId],
         );
         await client.query(
           `DELETE FROM ${this.s}.subscriptions WHERE consumer_id = $1 AND NOT (channel = ANY($2::text[]))`,

@@ -1,0 +1,316 @@
+import { quoteIdent } from '../identifiers.js';
+import type { NotificationRow, Queryable } from './store.js';
+
+/** A subscription as reconcile sees it: its range of owed rows and its consumer's job options. */
+export interface OwedSubscription {
+  consumer_id: string;
+  channel: string;
+  /** The consumer is owed rows of the channel with a greater id. */
+  after_id: string;
+  /** Playback range end: see migration 0003 (equal to after_id once playback finished). */
+  playback_through_id: string;
+  job_options: Record<string, unknown>;
+}
+
+/** One (notification, consumer owed it) pair of a scanned page, with the ledger's outcome. */
+export interface OwedPair {
+  id: string;
+  channel: string;
+  /** Null for a row of the page that no selected consumer is owed (keeps the keyset moving). */
+  consumer_id: string | null;
+  /** The ledger's outcome for this pair, or null when none is recorded. */
+  status: 'completed' | 'failed' | null;
+}
+
+/** A failed delivery from the ledger, with its notification's channel (null if it was deleted). */
+export interface FailedDelivery {
+  notification_id: string;
+  channel: string | null;
+}
+
+/** Counters of one cleanup batch. */
+export interface CleanupBatch {
+  /** Highest id of the page (the next page starts after it), or null when the page was empty. */
+  lastId: string | null;
+  /** Old bridged rows examined. */
+  scanned: number;
+  /** Rows deleted (or that would be, in a dry run). */
+  deleted: number;
+  /** Ledger rows deleted with them (or that would be). */
+  ledgerRows: number;
+}
+
+/**
+ * SQL of reconcile, playback and cleanup. Every scan is a keyset walk over the notifications'
+ * primary key (`id > $last ORDER BY id LIMIT n`), so memory stays flat and no index is needed on
+ * the hot table beyond the ones the listener already uses.
+ */
+export class RecoveryStore {
+  private readonly s: string;
+
+  constructor(readonly schema: string) {
+    this.s = quoteIdent(schema);
+  }
+
+  /** Registered consumer ids, to validate `--consumers`. */
+  async consumerIds(db: Queryable): Promise<string[]> {
+    const res = await db.query<{ id: string }>(`SELECT id FROM ${this.s}.consumers ORDER BY id`);
+    return res.rows.map((r) => r.id);
+  }
+
+  /** Subscriptions of the given consumers (null: all) on the given channels (null: all). */
+  async subscriptions(
+    db: Queryable,
+    consumers: string[] | null,
+    channels: string[] | null,
+  ): Promise<OwedSubscription[]> {
+    const res = await db.query<OwedSubscription>(
+      `SELECT s.consumer_id, s.channel, s.after_id::text, s.playback_through_id::text, c.job_options
+         FROM ${this.s}.subscriptions s JOIN ${this.s}.consumers c ON c.id = s.consumer_id
+        WHERE ($1::text[] IS NULL OR s.consumer_id = ANY($1))
+          AND ($2::text[] IS NULL OR s.channel = ANY($2))
+        ORDER BY s.consumer_id, s.channel`,
+      [consumers, channels],
+    );
+    return res.rows;
+  }
+
+  /**
+   * Claims up to `limit` unbridged rows and marks them bridged in the caller's transaction: the
+   * listener's claim (`Store.claimBatch`) plus reconcile's `--since` filter.
+   */
+  async claimUnbridged(
+    db: Queryable,
+    limit: number,
+    channels: string[] | null,
+    since: Date | null,
+  ): Promise<NotificationRow[]> {
+    const res = await db.query<NotificationRow>(
+      `UPDATE ${this.s}.notifications n SET bridged_at = clock_timestamp()
+         FROM (SELECT id FROM ${this.s}.notifications
+                WHERE bridged_at IS NULL
+                  AND ($2::text[] IS NULL OR channel = ANY($2))
+                  AND ($3::timestamptz IS NULL OR created_at >= $3)
+                ORDER BY id LIMIT $1
+                FOR UPDATE SKIP LOCKED) claimed
+        WHERE n.id = claimed.id
+        RETURNING n.id, n.channel, n.payload::text AS payload, n.context::text AS context,
+                  n.created_at`,
+      [limit, channels, since],
+    );
+    return res.rows;
+  }
+
+  /** A page of unbridged rows (id and channel only), for a dry run: nothing is claimed. */
+  async unbridgedPage(
+    db: Queryable,
+    afterId: string,
+    limit: number,
+    channels: string[] | null,
+    since: Date | null,
+  ): Promise<{ id: string; channel: string }[]> {
+    const res = await db.query<{ id: string; channel: string }>(
+      // ORDER BY n.id, not id: the output column id is text and would sort as text.
+      `SELECT n.id::text AS id, n.channel FROM ${this.s}.notifications n
+        WHERE n.bridged_at IS NULL AND n.id > $1
+          AND ($3::text[] IS NULL OR n.channel = ANY($3))
+          AND ($4::timestamptz IS NULL OR n.created_at >= $4)
+        ORDER BY n.id LIMIT $2`,
+      [afterId, limit, channels, since],
+    );
+    return res.rows;
+  }
+
+  /** (consumer, notification) pairs among `ids` the ledger shows completed, as `consumer\0id`. */
+  async completedPairs(db: Queryable, ids: string[]): Promise<Set<string>> {
+    if (ids.length === 0) return new Set();
+    const res = await db.query<{ consumer_id: string; id: string }>(
+      `SELECT consumer_id, notification_id::text AS id FROM ${this.s}.deliveries
+        WHERE notification_id = ANY($1::bigint[]) AND status = 'completed'`,
+      [ids],
+    );
+    return new Set(res.rows.map((r) => pairKey(r.consumer_id, r.id)));
+  }
+
+  /**
+   * One page of bridged rows in `(afterId, throughId]` (throughId null: no end) of `channels`,
+   * joined with the selected consumers owed them and the ledger's outcome. With `verify` false
+   * only playback pairs qualify: rows bridged before the subscription existed, within its
+   * playback range. The bridged_at / subscribed_at comparison stays in SQL (microseconds).
+   * Every row of the page appears at least once (consumer_id null when nobody qualifies).
+   */
+  async owedPage(
+    db: Queryable,
+    params: {
+      afterId: string;
+      throughId: string | null;
+      limit: number;
+      channels: string[];
+      consumers: string[];
+      since: Date | null;
+      verify: boolean;
+    },
+  ): Promise<OwedPair[]> {
+    const res = await db.query<OwedPair>(
+      `SELECT p.id::text, p.channel, s.consumer_id, d.status
+         FROM (SELECT id, channel, bridged_at FROM ${this.s}.notifications
+                WHERE id > $1 AND ($2::bigint IS NULL OR id <= $2)
+                  AND channel = ANY($4::text[]) AND bridged_at IS NOT NULL
+                  AND ($6::timestamptz IS NULL OR created_at >= $6)
+                ORDER BY id LIMIT $3) p
+         LEFT JOIN ${this.s}.subscriptions s
+                ON s.channel = p.channel AND s.consumer_id = ANY($5::text[]) AND p.id > s.after_id
+               AND ($7::boolean
+                    OR (p.id <= s.playback_through_id AND p.bridged_at < s.subscribed_at))
+         LEFT JOIN ${this.s}.deliveries d
+                ON d.consumer_id = s.consumer_id AND d.notification_id = p.id
+        ORDER BY p.id`,
+      [
+        params.afterId,
+        params.throughId,
+        params.limit,
+        params.channels,
+        params.consumers,
+        params.since,
+        params.verify,
+      ],
+    );
+    return res.rows;
+  }
+
+  /** Full rows for the given ids (payload as JSON text), in id order. */
+  async rowsByIds(db: Queryable, ids: string[]): Promise<NotificationRow[]> {
+    if (ids.length === 0) return [];
+    const res = await db.query<NotificationRow>(
+      `SELECT n.id::text AS id, n.channel, n.payload::text AS payload,
+              n.context::text AS context, n.created_at
+         FROM ${this.s}.notifications n WHERE n.id = ANY($1::bigint[]) ORDER BY n.id`,
+      [ids],
+    );
+    return res.rows;
+  }
+
+  /** Ends a subscription's playback, unless someone changed its range since `throughId` was read. */
+  async finishPlayback(
+    db: Queryable,
+    consumerId: string,
+    channel: string,
+    throughId: string,
+  ): Promise<void> {
+    await db.query(
+      `UPDATE ${this.s}.subscriptions SET playback_through_id = after_id
+        WHERE consumer_id = $1 AND channel = $2 AND playback_through_id = $3`,
+      [consumerId, channel, throughId],
+    );
+  }
+
+  /** A page of a consumer's failed deliveries (dead letters) per the ledger. */
+  async failedPage(
+    db: Queryable,
+    consumerId: string,
+    afterId: string,
+    limit: number,
+    channels: string[] | null,
+    since: Date | null,
+  ): Promise<FailedDelivery[]> {
+    const res = await db.query<FailedDelivery>(
+      `SELECT d.notification_id::text, n.channel
+         FROM ${this.s}.deliveries d
+         LEFT JOIN ${this.s}.notifications n ON n.id = d.notification_id
+        WHERE d.consumer_id = $1 AND d.status = 'failed' AND d.notification_id > $2
+          AND ($4::text[] IS NULL OR n.channel = ANY($4))
+          AND ($5::timestamptz IS NULL OR n.created_at >= $5)
+        ORDER BY d.notification_id LIMIT $3`,
+      [consumerId, afterId, limit, channels, since],
+    );
+    return res.rows;
+  }
+
+  /** The ledger's outcome for each of `ids` and one consumer (absent: none recorded). */
+  async outcomes(
+    db: Queryable,
+    consumerId: string,
+    ids: string[],
+  ): Promise<Map<string, 'completed' | 'failed'>> {
+    if (ids.length === 0) return new Map();
+    const res = await db.query<{ id: string; status: 'completed' | 'failed' }>(
+      `SELECT notification_id::text AS id, status FROM ${this.s}.deliveries
+        WHERE consumer_id = $1 AND notification_id = ANY($2::bigint[])`,
+      [consumerId, ids],
+    );
+    return new Map(res.rows.map((r) => [r.id, r.status]));
+  }
+
+  /** The cleanup cutoff: `days` before the database's now(); `text` keeps the microseconds. */
+  async cutoff(db: Queryable, days: number): Promise<{ text: string; date: Date }> {
+    const res = await db.query<{ text: string; date: Date }>(
+      `SELECT c::text AS text, c AS date FROM (SELECT now() - $1::float8 * interval '1 day' AS c) t`,
+      [days],
+    );
+    return res.rows[0];
+  }
+
+  /**
+   * One cleanup batch: the next `limit` bridged rows created before `cutoff` (keyset after
+   * `afterId`), of which the finished ones are deleted with their ledger rows (or only counted,
+   * with `dryRun`). Finished: every consumer subscribed to the row's channel and owed it
+   * (id > after_id) has a `completed` outcome; `force` deletes the page's rows regardless.
+   * Run it in a transaction that holds the subscriptions lock (shared), so a consumer registering
+   * at the same moment sees either the row or its absence, never half of a batch.
+   */
+  async cleanupBatch(
+    db: Queryable,
+    params: { afterId: string; cutoff: string; limit: number; force: boolean; dryRun: boolean },
+  ): Promise<CleanupBatch> {
+    const finished = `
+      page AS (
+        SELECT id, channel FROM ${this.s}.notifications
+         WHERE id > $1 AND created_at < $2::timestamptz AND bridged_at IS NOT NULL
+         ORDER BY id LIMIT $3),
+      finished AS (
+        SELECT p.id FROM page p
+         WHERE $4::boolean OR NOT EXISTS (
+           SELECT 1 FROM ${this.s}.subscriptions s
+            WHERE s.channel = p.channel AND p.id > s.after_id
+              AND NOT EXISTS (
+                SELECT 1 FROM ${this.s}.deliveries d
+                 WHERE d.consumer_id = s.consumer_id AND d.notification_id = p.id
+                   AND d.status = 'completed')))`;
+    const sql = params.dryRun
+      ? `WITH ${finished}
+         SELECT (SELECT max(id)::text FROM page) AS last_id,
+                (SELECT count(*) FROM page)::int AS scanned,
+                (SELECT count(*) FROM finished)::int AS deleted,
+                (SELECT count(*) FROM ${this.s}.deliveries d
+                  WHERE d.notification_id IN (SELECT id FROM finished))::int AS ledger_rows`
+      : `WITH ${finished},
+         deleted_deliveries AS (
+           DELETE FROM ${this.s}.deliveries d USING finished f
+            WHERE d.notification_id = f.id RETURNING 1),
+         deleted AS (
+           DELETE FROM ${this.s}.notifications n USING finished f
+            WHERE n.id = f.id RETURNING 1)
+         SELECT (SELECT max(id)::text FROM page) AS last_id,
+                (SELECT count(*) FROM page)::int AS scanned,
+                (SELECT count(*) FROM deleted)::int AS deleted,
+                (SELECT count(*) FROM deleted_deliveries)::int AS ledger_rows`;
+    const res = await db.query<{
+      last_id: string | null;
+      scanned: number;
+      deleted: number;
+      ledger_rows: number;
+    }>(sql, [params.afterId, params.cutoff, params.limit, params.force]);
+    const row = res.rows[0];
+    return {
+      lastId: row.last_id,
+      scanned: row.scanned,
+      deleted: row.deleted,
+      ledgerRows: row.ledger_rows,
+    };
+  }
+}
+
+/** Key of a (consumer, notification) pair in sets and maps. */
+export function pairKey(consumerId: string, notificationId: string): string {
+  return `${consumerId}\u0000${notificationId}`;
+}
