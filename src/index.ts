@@ -72,3 +72,9 @@ export {
   type RedisConnection,
   type RedisSettings,
 } from './redis.js';
+export {
+  createSupervisor,
+  supervisorStopRequested,
+  type Supervisor,
+  type SupervisorOptions,
+} from './supervisor.js';

@@ -55,13 +55,22 @@ function nodeOptions(url: URL, name: string): RedisOptions {
  * Opens the Redis connection used with BullMQ. This is the only place pgq-bridge builds one:
  * a single server, or an ioredis `Cluster` when `redisUrl` lists several nodes or `redisCluster`
  * is set. It reconnects forever with capped backoff; errors are logged (rate-limited), never
- * thrown. A plain URL string is accepted for a single server.
+ * thrown. A plain URL string is accepted for a single server only.
  */
+export function createRedis(url: string, log: Logger, name: string): Redis;
+export function createRedis(settings: RedisSettings, log: Logger, name: string): RedisConnection;
 export function createRedis(
   target: string | RedisSettings,
   log: Logger,
   name: string,
 ): RedisConnection {
+  if (typeof target === 'string' && nodeUrls(target).length > 1) {
+    // The string form promises a single-server `Redis`; a cluster needs the settings form.
+    throw new PgqError(
+      'PGQ_REDIS_CLUSTER',
+      'createRedis: several Redis nodes given as a plain URL; pass { redisUrl } for a Redis Cluster',
+    );
+  }
   const settings = typeof target === 'string' ? { redisUrl: target } : target;
   let redis: RedisConnection;
   if (isClusterSetting(settings)) {

@@ -57,13 +57,20 @@ export function list(value: string, previous: string[] | undefined): string[] {
 }
 
 /**
- * Runs a long-lived service until SIGINT/SIGTERM, then stops it gracefully. A second signal
- * forces the exit.
+ * Runs a long-lived service until SIGINT/SIGTERM (or until `stopRequested` resolves, e.g. a
+ * supervisor's request), then stops it gracefully. A second signal forces the exit.
  */
-export function runUntilSignal(log: Logger, stop: () => Promise<void>): Promise<number> {
+export function runUntilSignal(
+  log: Logger,
+  stop: () => Promise<void>,
+  stopRequested?: Promise<string>,
+): Promise<number> {
   return new Promise((resolve) => {
     let stopping = false;
-    const onSignal = (signal: NodeJS.Signals): void => {
+    const onSignal = (signal: string): void => {
+      // A request while already stopping (e.g. Ctrl-C reached the whole process group) is no
+      // reason to abandon the drain; only a second real signal is.
+      if (stopping && !signal.startsWith('SIG')) return;
       if (stopping) {
         log.warn({ signal }, 'second signal: exiting at once');
         process.exit(130);
@@ -83,5 +90,6 @@ export function runUntilSignal(log: Logger, stop: () => Promise<void>): Promise<
     };
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
+    void stopRequested?.then(onSignal);
   });
 }

@@ -6,6 +6,7 @@ import {
   validateConsumers,
 } from '../consumers.js';
 import { UsageError } from '../errors.js';
+import { createSupervisor, supervisorStopRequested } from '../supervisor.js';
 import { createWorker } from '../worker.js';
 import { commandContext, list, nonNegativeNumber, positiveInt, runUntilSignal } from './context.js';
 
@@ -16,6 +17,29 @@ interface WorkFlags {
   concurrency?: number;
   shutdownTimeout?: number;
   listConsumers?: boolean;
+  processes?: number;
+  worker?: boolean;
+  restartOnFailure?: boolean;
+}
+
+/**
+ * The arguments of a supervised child: the user's own, minus `--processes N`, plus `--worker`.
+ * Commander accepts `--processes N` and `--processes=N`; both are removed.
+ */
+export function childArgs(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '--processes') {
+      i++;
+      continue;
+    }
+    if (arg.startsWith('--processes=')) continue;
+    out.push(arg);
+  }
+  const at = out.indexOf('work');
+  out.splice(at + 1, 0, '--worker');
+  return out;
 }
 
 export function registerWork(program: Command): void {
@@ -33,7 +57,20 @@ export function registerWork(program: Command): void {
       30,
     )
     .option('--list-consumers', 'print the consumers that would run, then exit')
+    .option(
+      '--processes <n>',
+      'run N worker processes under a supervisor that restarts crashed ones',
+      positiveInt,
+    )
+    .option('--worker', 'run one worker process in the foreground, without a supervisor')
+    .option(
+      '--no-restart-on-failure',
+      'with --processes: a crashed worker process ends the command with a non-zero code',
+    )
     .action(async (opts: WorkFlags, command: Command) => {
+      if (opts.processes !== undefined && opts.worker) {
+        throw new UsageError('--processes and --worker exclude each other');
+      }
       const { config, log } = await commandContext(command);
       const dir = opts.consumersDir ?? config.consumersDir;
       const all = dir
@@ -58,6 +95,25 @@ export function registerWork(program: Command): void {
       }
       if (consumers.length === 0)
         throw new UsageError('every consumer is excluded: nothing to run');
+      if (opts.processes !== undefined) {
+        const supervisor = createSupervisor({
+          processes: opts.processes,
+          exec: process.argv[1],
+          args: childArgs(process.argv.slice(2)),
+          restartOnFailure: opts.restartOnFailure !== false,
+          shutdownTimeoutMs: (opts.shutdownTimeout ?? 30) * 1000,
+          logger: log,
+        });
+        const stopped = runUntilSignal(log, async () => {
+          await supervisor.stop();
+        });
+        supervisor.start();
+        process.exitCode = await Promise.race([
+          stopped.then(() => supervisor.done),
+          supervisor.done,
+        ]);
+        return;
+      }
       const worker = createWorker({
         settings: config,
         consumers,
@@ -65,7 +121,7 @@ export function registerWork(program: Command): void {
         shutdownTimeoutMs: (opts.shutdownTimeout ?? 30) * 1000,
         logger: log,
       });
-      const stopped = runUntilSignal(log, () => worker.close());
+      const stopped = runUntilSignal(log, () => worker.close(), supervisorStopRequested());
       await worker.start();
       process.exitCode = await stopped;
     });
