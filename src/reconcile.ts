@@ -248,6 +248,7 @@ async function withoutDoneOrQueued(
       d.redis,
       d.queues.get(consumerId),
       open.map((job) => job.opts.jobId as string),
+      !d.dryRun,
     );
     const toAdd = open.filter((job) => missing.has(job.opts.jobId as string));
     c.alreadyQueued += open.length - toAdd.length;
@@ -420,7 +421,12 @@ async function scanOwed(
     }
     const missing = new Map<string, string[]>();
     for (const [consumerId, ids] of toCheck) {
-      const gone = await missingJobIds(d.redis, d.queues.get(consumerId), ids.map(jobIdFor));
+      const gone = await missingJobIds(
+        d.redis,
+        d.queues.get(consumerId),
+        ids.map(jobIdFor),
+        !d.dryRun,
+      );
       c.alreadyQueued += ids.length - gone.size;
       if (gone.size > 0)
         missing.set(

@@ -202,6 +202,13 @@ class ConsumerWorkers implements PgqWorker {
       def.id,
       async (job: Job) => {
         const data = job.data as NotificationJobData;
+        if (typeof data?.id !== 'string') {
+          // The job's hash was evicted or wiped while its id stayed queued: nothing to run and
+          // no notification id to record. reconcile --verify removes the remains and re-enqueues.
+          throw new UnrecoverableError(
+            'job data is missing from Redis (evicted or wiped?): run pgq-bridge reconcile --verify',
+          );
+        }
         const attempt = job.attemptsMade + 1;
         const isReplay = data.replay === true;
         if (isReplay) {
