@@ -91,7 +91,11 @@ export function planJobs(
     const subs = byChannel.get(row.channel);
     if (!subs) continue;
     const data = jobDataFor(row, replay);
+    const id = BigInt(row.id);
     for (const sub of subs) {
+      // A subscription is owed rows after its after_id: a 'now' consumer does not get the
+      // backlog that was stored (but not yet bridged) before it registered.
+      if (id <= BigInt(sub.after_id)) continue;
       const jobs = plan.get(sub.consumer_id) ?? [];
       jobs.push({ name: row.channel, data, opts: { ...sub.job_options, jobId: jobIdFor(row.id) } });
       plan.set(sub.consumer_id, jobs);
