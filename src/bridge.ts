@@ -7,6 +7,7 @@ import type { Settings } from './config.js';
 import { WakeupListener } from './listener.js';
 import { WakeupLease } from './lease.js';
 import { redactSecrets, silentLogger, type Logger } from './log.js';
+import type { BatchEvent, Metrics } from './metrics.js';
 import type { NotificationJobData } from './notification.js';
 import { checkEvictionPolicy, closeRedis, createRedis, type RedisConnection } from './redis.js';
 import { errorMessage, withTimeout } from './util.js';
@@ -34,6 +35,8 @@ export interface ListenerOptions {
   /** How long Redis may take to accept a batch before the transaction rolls back (default 15 s). */
   enqueueTimeoutMs?: number;
   logger?: Logger;
+  /** Counts batches, rows and bridge latency (see `Metrics`). */
+  metrics?: Metrics;
 }
 
 /** A running listener (the `listen` command). */
@@ -190,6 +193,7 @@ class BridgeListener extends EventEmitter implements Listener {
       logger: this.log,
       reconnectDelayMs: options.reconnectDelayMs,
     });
+    options.metrics?.watchListener(this);
     this.wakeups.on('wake', () => this.wake());
     // After any (re)connect, sweep: wake-ups sent while disconnected are gone.
     this.wakeups.on('connected', () => this.wake());
@@ -331,7 +335,13 @@ class BridgeListener extends EventEmitter implements Listener {
           { rows: rows.length, jobs, firstId: rows[0].id, ms: Date.now() - started },
           'batch bridged',
         );
-        this.emit('batch', { rows: rows.length, jobs });
+        const event: BatchEvent = {
+          rows: rows.length,
+          jobs,
+          createdAt: rows.map((r) => r.created_at.getTime()),
+          committedAt: Date.now(),
+        };
+        this.emit('batch', event);
       } else {
         await client.query('COMMIT');
         committed = true;

@@ -78,3 +78,11 @@ export {
   type Supervisor,
   type SupervisorOptions,
 } from './supervisor.js';
+export {
+  Metrics,
+  startMetricsServer,
+  type MetricsOptions,
+  type MetricsServerOptions,
+  type BatchEvent,
+  type JobOutcome,
+} from './metrics.js';

@@ -13,6 +13,7 @@ import {
 import { Store, type ConsumerRegistration } from './db/store.js';
 import { PgqError } from './errors.js';
 import { LedgerWriter } from './ledger.js';
+import type { Metrics } from './metrics.js';
 import { redactSecrets, silentLogger, type Logger } from './log.js';
 import { toNotification, type NotificationJobData } from './notification.js';
 import { checkEvictionPolicy, closeRedis, createRedis, type RedisConnection } from './redis.js';
@@ -30,6 +31,8 @@ export interface WorkerOptions {
   logger?: Logger;
   /** Name recorded as the consumers' last seen worker (default host:pid). */
   workerName?: string;
+  /** Counts handler runs and their duration (see `Metrics`). */
+  metrics?: Metrics;
   /**
    * Record outcomes in the delivery ledger (default true). Only benchmarks turn it off, to
    * measure what the ledger costs: without it, replays cannot tell what already ran.
@@ -216,6 +219,8 @@ class ConsumerWorkers implements PgqWorker {
           if (done.has(data.id)) return { skipped: 'already completed per the ledger' };
         }
         const notification = toNotification(data, attempt, isReplay);
+        const started = performance.now();
+        const metrics = this.options.metrics;
         try {
           const run = Promise.resolve(def.handle(notification, job));
           const result = timeoutMs
@@ -230,10 +235,16 @@ class ConsumerWorkers implements PgqWorker {
               lastError: null,
             });
           }
+          metrics?.observeJob(def.id, 'completed', (performance.now() - started) / 1000);
           return result ?? null;
         } catch (error) {
           const attempts = job.opts.attempts ?? 1;
           const final = isPermanent(error) || attempt >= attempts;
+          metrics?.observeJob(
+            def.id,
+            final ? 'failed' : 'retried',
+            (performance.now() - started) / 1000,
+          );
           const log = final ? this.log.error.bind(this.log) : this.log.warn.bind(this.log);
           log(
             {

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { createListener } from '../bridge.js';
 import { UsageError } from '../errors.js';
 import { reconcile } from '../reconcile.js';
+import { serveMetrics } from './serve-metrics.js';
 import { commandContext, list, nonNegativeNumber, positiveInt, runUntilSignal } from './context.js';
 
 interface ListenFlags {
@@ -57,8 +58,10 @@ export function registerListen(program: Command): void {
         });
         log.info(result, 'recovered: reconcile --verify finished');
       }
+      const served = await serveMetrics(opts.metricsPort, config, log);
       const listener = createListener({
         settings: config,
+        metrics: served.metrics,
         channels: opts.channels,
         batchSize: opts.batchSize,
         skipPlayback: opts.skipPlayback,
@@ -71,6 +74,9 @@ export function registerListen(program: Command): void {
         { schema: config.schema, prefix: config.prefix, channels: opts.channels ?? 'all' },
         'listening',
       );
-      process.exitCode = await runUntilSignal(log, () => listener.stop());
+      process.exitCode = await runUntilSignal(log, async () => {
+        await listener.stop();
+        await served.stop();
+      });
     });
 }

@@ -1,3 +1,4 @@
+import cluster from 'node:cluster';
 import type { Command } from 'commander';
 import {
   channelNames,
@@ -6,8 +7,16 @@ import {
   validateConsumers,
 } from '../consumers.js';
 import { UsageError } from '../errors.js';
+import {
+  exposeToSupervisor,
+  startMetricsServer,
+  stopServer,
+  supervisorMetricsText,
+  supervisorRegistry,
+} from '../metrics.js';
 import { createSupervisor, supervisorStopRequested } from '../supervisor.js';
 import { createWorker } from '../worker.js';
+import { serveMetrics } from './serve-metrics.js';
 import { commandContext, list, nonNegativeNumber, positiveInt, runUntilSignal } from './context.js';
 
 interface WorkFlags {
@@ -20,21 +29,25 @@ interface WorkFlags {
   processes?: number;
   worker?: boolean;
   restartOnFailure?: boolean;
+  metricsPort?: number;
 }
 
+/** Options of the supervisor that its children must not get (the supervisor serves metrics). */
+const SUPERVISOR_ONLY = ['--processes', '--metrics-port'];
+
 /**
- * The arguments of a supervised child: the user's own, minus `--processes N`, plus `--worker`.
- * Commander accepts `--processes N` and `--processes=N`; both are removed.
+ * The arguments of a supervised child: the user's own, minus `--processes N` and
+ * `--metrics-port P`, plus `--worker`. Commander accepts `--opt V` and `--opt=V`; both go.
  */
 export function childArgs(argv: string[]): string[] {
   const out: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
-    if (arg === '--processes') {
+    if (SUPERVISOR_ONLY.includes(arg)) {
       i++;
       continue;
     }
-    if (arg.startsWith('--processes=')) continue;
+    if (SUPERVISOR_ONLY.some((name) => arg.startsWith(`${name}=`))) continue;
     out.push(arg);
   }
   const at = out.indexOf('work');
@@ -67,6 +80,7 @@ export function registerWork(program: Command): void {
       '--no-restart-on-failure',
       'with --processes: a crashed worker process ends the command with a non-zero code',
     )
+    .option('--metrics-port <port>', 'serve Prometheus metrics on this port', positiveInt)
     .action(async (opts: WorkFlags, command: Command) => {
       if (opts.processes !== undefined && opts.worker) {
         throw new UsageError('--processes and --worker exclude each other');
@@ -104,9 +118,18 @@ export function registerWork(program: Command): void {
           shutdownTimeoutMs: (opts.shutdownTimeout ?? 30) * 1000,
           logger: log,
         });
+        const server =
+          opts.metricsPort === undefined
+            ? undefined
+            : await startMetricsServer({
+                port: opts.metricsPort,
+                text: supervisorMetricsText(supervisorRegistry(supervisor)),
+                logger: log,
+              });
         const stopped = runUntilSignal(log, async () => {
           await supervisor.stop();
         });
+        void supervisor.done.then(() => server && stopServer(server));
         supervisor.start();
         process.exitCode = await Promise.race([
           stopped.then(() => supervisor.done),
@@ -114,14 +137,28 @@ export function registerWork(program: Command): void {
         ]);
         return;
       }
+      const served = await serveMetrics(
+        cluster.isWorker ? undefined : opts.metricsPort,
+        config,
+        log,
+      );
+      if (cluster.isWorker) exposeToSupervisor(served.metrics);
       const worker = createWorker({
         settings: config,
+        metrics: served.metrics,
         consumers,
         concurrency: opts.concurrency,
         shutdownTimeoutMs: (opts.shutdownTimeout ?? 30) * 1000,
         logger: log,
       });
-      const stopped = runUntilSignal(log, () => worker.close(), supervisorStopRequested());
+      const stopped = runUntilSignal(
+        log,
+        async () => {
+          await worker.close();
+          await served.stop();
+        },
+        supervisorStopRequested(),
+      );
       await worker.start();
       process.exitCode = await stopped;
     });
