@@ -107,14 +107,17 @@ export class Store {
     minIdExclusive: string | null,
   ): Promise<NotificationRow[]> {
     const res = await db.query<NotificationRow>(
+      // ANY(ARRAY(...)) makes the claimed ids an InitPlan probed through the primary key. A join
+      // with the subquery lets the planner hash-join a sequential scan of the whole table, so
+      // every batch cost grew with the table size (15 ms vs 3 ms per 500 rows at 50k rows).
       `UPDATE ${this.s}.notifications n SET bridged_at = clock_timestamp()
-         FROM (SELECT id FROM ${this.s}.notifications
+        WHERE n.id = ANY(ARRAY(
+               SELECT id FROM ${this.s}.notifications
                 WHERE bridged_at IS NULL
                   AND ($2::text[] IS NULL OR channel = ANY($2))
                   AND ($3::bigint IS NULL OR id > $3)
                 ORDER BY id LIMIT $1
-                FOR UPDATE SKIP LOCKED) claimed
-        WHERE n.id = claimed.id
+                FOR UPDATE SKIP LOCKED))
         RETURNING n.id, n.channel, n.payload::text AS payload, n.context::text AS context,
                   n.created_at`,
       [limit, channels, minIdExclusive],
