@@ -22,6 +22,10 @@ export class LedgerWriter {
 
   /** Queues an outcome for the next flush. */
   record(outcome: DeliveryOutcome): void {
+    // Postgres text cannot hold NUL characters; an error message may.
+    if (outcome.lastError?.includes('\u0000')) {
+      outcome = { ...outcome, lastError: outcome.lastError.replaceAll('\u0000', '') };
+    }
     this.pending.push(outcome);
     if (this.pending.length >= this.maxBatch) void this.flush();
     else this.timer ??= setTimeout(() => void this.flush(), this.flushIntervalMs);
@@ -37,6 +41,11 @@ export class LedgerWriter {
     this.pending = [];
     this.flushing = this.store
       .recordOutcomes(this.db, batch)
+      .catch((error: unknown) =>
+        // A data error would fail every retry of the batch and block every later outcome:
+        // write the batch one by one instead, and drop only what Postgres refuses.
+        isDataError(error) ? this.recordOneByOne(batch) : Promise.reject(error),
+      )
       .catch((error: unknown) => {
         // Keep them for the next flush; outcomes are idempotent upserts.
         this.pending = batch.concat(this.pending);
@@ -52,6 +61,22 @@ export class LedgerWriter {
     await this.flushing;
   }
 
+  private async recordOneByOne(batch: DeliveryOutcome[]): Promise<void> {
+    for (let i = 0; i < batch.length; i++) {
+      try {
+        await this.store.recordOutcomes(this.db, [batch[i]]);
+      } catch (error) {
+        // Postgres went away meanwhile: the whole batch is kept for the next flush (the
+        // outcomes written so far are idempotent upserts).
+        if (!isDataError(error)) throw error;
+        this.log.error(
+          { err: redactSecrets(errorMessage(error)), outcome: batch[i] },
+          'the delivery ledger refused an outcome; dropped it',
+        );
+      }
+    }
+  }
+
   /** Outcomes not yet written. */
   get size(): number {
     return this.pending.length;
@@ -62,4 +87,10 @@ export class LedgerWriter {
     clearTimeout(this.timer);
     this.timer = undefined;
   }
+}
+
+/** Postgres data exceptions (22xxx) and integrity violations (23xxx): retrying cannot help. */
+function isDataError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && (code.startsWith('22') || code.startsWith('23'));
 }

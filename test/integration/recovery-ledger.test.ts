@@ -1,0 +1,66 @@
+/**
+ * Issue 3, delivery ledger: outcomes are written in batches; one outcome Postgres refuses (bad
+ * data) must not block the others forever, and an error message with NUL characters is stored.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { migrate } from '../../src/index.js';
+import { Store } from '../../src/db/store.js';
+import { LedgerWriter } from '../../src/ledger.js';
+import { createLogger } from '../../src/log.js';
+import { createTestEnv, type TestEnv } from '../support/env.js';
+
+let t: TestEnv;
+
+beforeAll(async () => {
+  t = createTestEnv();
+  await migrate({ db: t.pool, schema: t.schema });
+});
+
+afterAll(async () => {
+  await t.cleanup();
+});
+
+describe('LedgerWriter', () => {
+  it('drops only the outcome Postgres refuses, and strips NUL from errors', async () => {
+    const logged: string[] = [];
+    const log = createLogger({
+      level: 'error',
+      destination: { write: (line: string) => logged.push(line) } as NodeJS.WritableStream,
+    });
+    const ledger = new LedgerWriter(new Store(t.schema), t.pool, log, 10_000, 1000);
+    ledger.record({
+      consumerId: 'c',
+      notificationId: '1',
+      status: 'completed',
+      attempts: 1,
+      lastError: null,
+    });
+    // Not a bigint: Postgres refuses the whole statement (22P02).
+    ledger.record({
+      consumerId: 'c',
+      notificationId: 'not-a-number',
+      status: 'completed',
+      attempts: 1,
+      lastError: null,
+    });
+    ledger.record({
+      consumerId: 'c',
+      notificationId: '2',
+      status: 'failed',
+      attempts: 3,
+      lastError: 'bad\u0000byte',
+    });
+    await ledger.flush();
+    ledger.close();
+    expect(ledger.size).toBe(0);
+    const { rows } = await t.pool.query(
+      `SELECT notification_id::text AS id, status, attempts, last_error
+         FROM "${t.schema}".deliveries ORDER BY notification_id`,
+    );
+    expect(rows).toEqual([
+      { id: '1', status: 'completed', attempts: 1, last_error: null },
+      { id: '2', status: 'failed', attempts: 3, last_error: 'badbyte' },
+    ]);
+    expect(logged.join('')).toMatch(/the delivery ledger refused an outcome; dropped it/);
+  });
+});
