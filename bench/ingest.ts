@@ -1,0 +1,279 @@
+/**
+ * Ingest cost: what `notify()` costs the user's own writes, and how fast an idle listener wakes.
+ *
+ * pgbench runs 8 clients, each transaction one round trip: a plain INSERT into an application
+ * table, or the same INSERT plus a notify() call in the same transaction (`\;` sends both as
+ * one simple query, i.e. one implicit transaction). Two notify() bodies run side by side:
+ * `notify-v1` is the 0001 body (pg_notify on every call, the "before"), `notify` is the current
+ * one (pg_notify only while no listener holds the wake-up lease, the "after").
+ *
+ * Conditions: no listener; the lease held with no listener (the writers' own cost); a listener that
+ * starts idle and follows the writes; a listener busy draining a backlog. Variants run interleaved so that drift in machine load hits all alike.
+ *
+ * Run: `npm run bench:ingest [-- --quick] [-- --rounds N]`.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { createListener, createWorker, migrate, type Listener } from 'pgq-bridge';
+import {
+  DATABASE_URL,
+  REDIS_URL,
+  benchPool,
+  benchRedis,
+  clearPrefix,
+  dropSchemas,
+  isMain,
+  latencyOf,
+  median,
+  parseFlags,
+  printTable,
+  round,
+  sleep,
+  wallMs,
+  type BenchFlags,
+  type Latency,
+} from './lib/common.js';
+
+const run = promisify(execFile);
+
+const SCHEMA = 'pgqbench_ingest';
+const APP = 'pgqbench_app';
+const PREFIX = 'pgqbench_ingest';
+const CLIENTS = 8;
+
+/** The variants of a write transaction. */
+const VARIANTS = ['insert', 'notify-v1', 'notify'] as const;
+type Variant = (typeof VARIANTS)[number];
+/** What the listener does meanwhile. */
+const CONDITIONS = [
+  'no listener',
+  // The lease forced live with no listener running: what the writers alone pay while a busy
+  // listener (say, on another host) holds the lease, without its CPU competing on this machine.
+  'lease held, no listener',
+  'listener following the writes',
+  'listener busy (backlog)',
+];
+const FOLLOWING = 2;
+const BUSY = 3;
+
+/** Result of {@link benchIngest}. */
+export interface IngestResult {
+  clients: number;
+  seconds: number;
+  rounds: number;
+  cases: {
+    condition: string;
+    variant: Variant;
+    tps: number;
+    /** tps / tps of the plain INSERT in the same condition. */
+    ratio: number;
+    /** Rows of the backlog left when the run ended (busy condition: > 0 means it stayed busy). */
+    backlogLeft?: number;
+  }[];
+  /** Idle listener: notify() committed → its job is in Redis. */
+  wake: Latency;
+}
+
+const INSERT = `INSERT INTO ${APP}.orders (customer, amount) VALUES ('c42', 1)`;
+const SCRIPTS: Record<Variant, string> = {
+  insert: `${INSERT};\n`,
+  'notify-v1': `${INSERT} \\; SELECT ${APP}.notify_v1('orders', '{"amount": 1}');\n`,
+  notify: `${INSERT} \\; SELECT ${SCHEMA}.notify('orders', '{"amount": 1}');\n`,
+};
+
+async function pgbench(file: string, seconds: number): Promise<number> {
+  const { stdout } = await run(
+    'pgbench',
+    ['-n', '-c', String(CLIENTS), '-j', '2', '-T', String(seconds), '-f', file, DATABASE_URL],
+    { maxBuffer: 10 * 1024 * 1024 },
+  );
+  const match = /tps = ([\d.]+) \(without initial connection time\)/.exec(stdout);
+  if (!match) throw new Error(`unexpected pgbench output: ${stdout}`);
+  return Number(match[1]);
+}
+
+/** Measures ingest tps per condition and variant, and the wake latency of an idle listener. */
+export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
+  const seconds = flags.quick ? 2 : 4;
+  const backlogRows = flags.quick ? 30_000 : 60_000;
+  const db = benchPool();
+  const redis = benchRedis();
+  const dir = await mkdtemp(join(tmpdir(), 'pgq-bench-'));
+  let listener: Listener | undefined;
+  try {
+    await dropSchemas(db, SCHEMA, APP);
+    await clearPrefix(redis, PREFIX);
+    await migrate({ db: DATABASE_URL, schema: SCHEMA });
+    await db.query(`CREATE SCHEMA ${APP}`);
+    await db.query(`CREATE TABLE ${APP}.orders (
+      id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, customer text NOT NULL,
+      amount numeric NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`);
+    // The 0001 notify() body: pg_notify on every call. The "before" of the wake-up lease.
+    await db.query(`CREATE FUNCTION ${APP}.notify_v1(channel text, payload jsonb) RETURNS bigint
+      LANGUAGE plpgsql AS $fn$
+      #variable_conflict use_variable
+      DECLARE new_id bigint;
+      BEGIN
+        IF channel IS NULL OR channel !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
+          RAISE EXCEPTION 'invalid channel';
+        END IF;
+        INSERT INTO ${SCHEMA}.notifications (channel, payload, context)
+        VALUES (channel, coalesce(payload, 'null'::jsonb), ${SCHEMA}.current_context())
+        RETURNING id INTO new_id;
+        PERFORM pg_notify('${SCHEMA}', '');
+        RETURN new_id;
+      END $fn$`);
+    // A consumer subscribed to both channels, so the listener does its real work (jobs in Redis);
+    // no worker runs, and the queue is emptied after each run.
+    const worker = createWorker({
+      settings: { databaseUrl: DATABASE_URL, redisUrl: REDIS_URL, schema: SCHEMA, prefix: PREFIX },
+      consumers: [{ id: 'ingest', channels: ['orders', 'backlog'], handle: () => undefined }],
+    });
+    await worker.start();
+    await worker.close();
+    for (const variant of VARIANTS) await writeFile(join(dir, `${variant}.sql`), SCRIPTS[variant]);
+
+    const unbridged = async (): Promise<number> =>
+      Number(
+        (
+          await db.query<{ n: string }>(
+            `SELECT count(*) AS n FROM ${SCHEMA}.notifications WHERE bridged_at IS NULL`,
+          )
+        ).rows[0].n,
+      );
+    const settle = async (): Promise<void> => {
+      if (listener) {
+        // Let the listener finish what the last run left, then let its lease lapse.
+        while ((await unbridged()) > 0) await sleep(200);
+        await sleep(1500);
+      } else {
+        await db.query(
+          `UPDATE ${SCHEMA}.notifications SET bridged_at = now() WHERE bridged_at IS NULL`,
+        );
+      }
+      await clearPrefix(redis, PREFIX);
+    };
+
+    const tps = new Map<string, number[]>();
+    const backlogLeft = new Map<string, number[]>();
+    for (const [c, condition] of CONDITIONS.entries()) {
+      await db.query(`UPDATE ${SCHEMA}.listener_lease SET awake_until = $1`, [
+        c === 1 ? 'infinity' : '-infinity',
+      ]);
+      if (c === FOLLOWING) {
+        listener = createListener({
+          settings: {
+            databaseUrl: DATABASE_URL,
+            listenDatabaseUrl: DATABASE_URL,
+            redisUrl: REDIS_URL,
+            schema: SCHEMA,
+            prefix: PREFIX,
+          },
+        });
+        await listener.start();
+      }
+      for (let r = 0; r < flags.rounds; r++) {
+        for (const variant of VARIANTS) {
+          await settle();
+          if (c === BUSY) {
+            await db.query(
+              `INSERT INTO ${SCHEMA}.notifications (channel, payload)
+               SELECT 'backlog', jsonb_build_object('i', g) FROM generate_series(1, $1) g`,
+              [backlogRows],
+            );
+            await db.query(`SELECT pg_notify('${SCHEMA}', '')`);
+            const before = listener!.stats.bridged;
+            while (listener!.stats.bridged === before) await sleep(5);
+          }
+          const key = `${condition}|${variant}`;
+          tps.set(key, [
+            ...(tps.get(key) ?? []),
+            await pgbench(join(dir, `${variant}.sql`), seconds),
+          ]);
+          if (c === BUSY) {
+            const left = Number(
+              (
+                await db.query<{ n: string }>(
+                  `SELECT count(*) AS n FROM ${SCHEMA}.notifications
+                    WHERE bridged_at IS NULL AND channel = 'backlog'`,
+                )
+              ).rows[0].n,
+            );
+            backlogLeft.set(key, [...(backlogLeft.get(key) ?? []), left]);
+            await db.query(
+              `UPDATE ${SCHEMA}.notifications SET bridged_at = now() WHERE bridged_at IS NULL`,
+            );
+          }
+        }
+      }
+    }
+
+    // Wake latency of an idle listener: one notify at a time, far enough apart that the
+    // listener sleeps on NOTIFY (a lone writer is below the lease's rate threshold).
+    await settle();
+    const samples: number[] = [];
+    let committedAt = 0;
+    let pending: ((t: number) => void) | undefined;
+    listener!.on('batch', () => pending?.(wallMs()));
+    for (let i = 0; i < (flags.quick ? 10 : 30); i++) {
+      await sleep(150);
+      const bridged = new Promise<number>((resolve) => (pending = resolve));
+      await db.query(`SELECT ${SCHEMA}.notify('orders', '{"wake": true}')`);
+      committedAt = wallMs();
+      samples.push((await bridged) - committedAt);
+    }
+
+    const cases: IngestResult['cases'] = [];
+    for (const condition of CONDITIONS) {
+      const base = median(tps.get(`${condition}|insert`) ?? [NaN]);
+      for (const variant of VARIANTS) {
+        const key = `${condition}|${variant}`;
+        const value = median(tps.get(key) ?? [NaN]);
+        const left = backlogLeft.get(key);
+        cases.push({
+          condition,
+          variant,
+          tps: round(value),
+          ratio: round(value / base, 2),
+          ...(left ? { backlogLeft: Math.min(...left) } : {}),
+        });
+      }
+    }
+    return { clients: CLIENTS, seconds, rounds: flags.rounds, cases, wake: latencyOf(samples) };
+  } finally {
+    await listener?.stop();
+    await dropSchemas(db, SCHEMA, APP).catch(() => undefined);
+    await clearPrefix(redis, PREFIX).catch(() => undefined);
+    await rm(dir, { recursive: true, force: true });
+    await db.end();
+    redis.disconnect();
+  }
+}
+
+/** Prints the result of {@link benchIngest}. */
+export function printIngest(result: IngestResult): void {
+  printTable(
+    `Ingest: ${result.clients} connections, ${result.seconds} s per run, median of ${result.rounds} (tps; ratio to plain INSERT in the same condition)`,
+    result.cases.map((c) => ({
+      condition: c.condition,
+      transaction: c.variant === 'insert' ? 'INSERT' : `INSERT + ${c.variant}()`,
+      tps: c.tps,
+      ratio: c.ratio,
+      ...(c.backlogLeft !== undefined ? { 'backlog left': c.backlogLeft } : {}),
+    })),
+  );
+  const w = result.wake;
+  printTable('Wake latency of an idle listener: notify() committed → job in Redis (ms)', [
+    { samples: w.count, p50: w.p50, p95: w.p95, p99: w.p99, max: w.max },
+  ]);
+}
+
+if (isMain(import.meta.url)) {
+  const flags = parseFlags(process.argv.slice(2));
+  const result = await benchIngest(flags);
+  printIngest(result);
+  console.log(JSON.stringify({ ingest: result }, null, 2));
+}
