@@ -86,3 +86,13 @@ export {
   type BatchEvent,
   type JobOutcome,
 } from './metrics.js';
+export {
+  createBoardRouter,
+  startBoard,
+  parseBasicAuth,
+  type BoardOptions,
+  type BoardRouter,
+  type BoardServer,
+  type StartBoardOptions,
+  type BasicAuth,
+} from './board.js';

@@ -126,7 +126,7 @@ export class Metrics {
       registers,
     });
     if (options.database) this.addDatabaseGauges(options.database);
-    if (options.queueCounts) this.addQueueGauge(options.queueCounts);
+    if (options.queueCounts) this.watchQueues(options.queueCounts);
     if (options.processMetrics !== false) {
       collectDefaultMetrics({ register: this.registry, prefix: 'pgq_bridge_' });
     }
@@ -260,9 +260,12 @@ export class Metrics {
     return pool;
   }
 
-  private addQueueGauge(
-    queueCounts: () => Promise<Array<{ consumer: string; counts: JobCounts }>>,
-  ): void {
+  /**
+   * Adds the `pgq_bridge_queue_jobs{consumer,state}` gauge, read from `queueCounts` at scrape
+   * time (the board passes its queues). Once per instance.
+   */
+  watchQueues(queueCounts: () => Promise<Array<{ consumer: string; counts: JobCounts }>>): void {
+    if (this.registry.getSingleMetric('pgq_bridge_queue_jobs')) return;
     const log = this.log;
     new Gauge({
       name: 'pgq_bridge_queue_jobs',

@@ -4,6 +4,7 @@ import { LOG_LEVELS } from '../config.js';
 import { redactSecrets } from '../log.js';
 import { errorMessage } from '../util.js';
 import { registerCleanup } from './cleanup.js';
+import { registerBoard } from './board.js';
 import { registerListen } from './listen.js';
 import { registerMigrate } from './migrate.js';
 import { registerNotify } from './notify.js';
@@ -43,6 +44,7 @@ export function buildProgram(): Command {
   registerReconcile(program);
   registerCleanup(program);
   registerStatus(program);
+  registerBoard(program);
   for (const command of program.commands) command.exitOverride();
   return program;
 }
