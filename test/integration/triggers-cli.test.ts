@@ -239,6 +239,18 @@ describe('bad input', () => {
     await triggersCli(t.env, ['remove', `${t.schema}.users`]);
   });
 
+  it('a BEFORE trigger using the function fails loudly instead of dropping writes', async () => {
+    await t.pool.query(
+      `CREATE TABLE ${s}.before_t (id int);
+       CREATE TRIGGER wrong BEFORE INSERT ON ${s}.before_t FOR EACH ROW
+         EXECUTE FUNCTION ${s}.notify_data_change()`,
+    );
+    await expect(t.pool.query(`INSERT INTO ${s}.before_t VALUES (1)`)).rejects.toThrow(
+      /must be an AFTER \.\.\. FOR EACH ROW trigger/,
+    );
+    await t.pool.query(`DROP TABLE ${s}.before_t`);
+  });
+
   it('before migrate, add says to migrate', async () => {
     const other = createTestEnv();
     try {
