@@ -5,7 +5,10 @@ export interface Change<Row = Record<string, unknown>> {
   action: 'INSERT' | 'UPDATE' | 'DELETE';
   old: Row | null;
   new: Row | null;
-  /** Primary key value of the changed row; for a composite key, an object of its columns. */
+  /**
+   * Primary key value of the changed row; for a composite key, an object of its columns. Null
+   * when the payload names no key columns and the row has no `id` column.
+   */
   recordId: unknown;
 }
 
@@ -63,7 +66,11 @@ function sameJson(a: unknown, b: unknown): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
 }
 
-/** Recognizes a `notify_data_change()` payload and describes the change. */
+/**
+ * Recognizes a `notify_data_change()` payload and describes the change. `recordId` comes from the
+ * key columns the trigger was installed with (`primary_key`, written by `triggers add`), else
+ * from an `id` column: the new row's value, or the old row's for a DELETE.
+ */
 export function changeOf(payload: unknown): Change | undefined {
   if (!isRecord(payload)) return undefined;
   const { schema, table, action } = payload;
