@@ -96,3 +96,4 @@ export {
   type StartBoardOptions,
   type BasicAuth,
 } from './board.js';
+export { startAll, type StartAllOptions, type AllInOne } from './start.js';

@@ -10,6 +10,7 @@ import { registerMigrate } from './migrate.js';
 import { registerNotify } from './notify.js';
 import { registerReconcile } from './reconcile.js';
 import { registerTriggers } from './triggers.js';
+import { registerStart } from './start.js';
 import { registerStatus } from './status.js';
 import { registerWork } from './work.js';
 
@@ -45,6 +46,7 @@ export function buildProgram(): Command {
   registerCleanup(program);
   registerStatus(program);
   registerBoard(program);
+  registerStart(program);
   for (const command of program.commands) command.exitOverride();
   return program;
 }

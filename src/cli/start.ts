@@ -1,0 +1,105 @@
+import type { Command } from 'commander';
+import pg from 'pg';
+import { loadConsumersDir, selectConsumers, validateConsumers } from '../consumers.js';
+import { migrate } from '../db/migrate.js';
+import { UsageError } from '../errors.js';
+import { startAll } from '../start.js';
+import { boardBasicAuth, boardOptions } from './board.js';
+import { commandContext, list, nonNegativeNumber, positiveInt, runUntilSignal } from './context.js';
+
+interface StartFlags {
+  consumers?: string[];
+  excludeConsumers?: string[];
+  consumersDir?: string;
+  concurrency?: number;
+  shutdownTimeout?: number;
+  channels?: string[];
+  batchSize?: number;
+  board?: boolean;
+  port?: number;
+  host?: string;
+  basePath?: string;
+  basicAuth?: string;
+  readOnly?: boolean;
+  migrate?: boolean;
+}
+
+export function registerStart(program: Command): void {
+  const command = program
+    .command('start')
+    .description('listen + work + board in one process (development, small deployments)')
+    .option('--consumers <list>', 'run only these consumers (comma-separated ids)', list)
+    .option('--exclude-consumers <list>', 'run every consumer but these', list)
+    .option('--consumers-dir <dir>', 'load consumers from the files of this directory')
+    .option('--concurrency <n>', "override every consumer's concurrency", positiveInt)
+    .option(
+      '--shutdown-timeout <seconds>',
+      'how long a graceful stop waits for in-flight jobs',
+      nonNegativeNumber,
+      30,
+    )
+    .option('--channels <list>', 'bridge only these channels (comma-separated)', list)
+    .option('--batch-size <n>', 'rows claimed per transaction', positiveInt, 500)
+    .option('--migrate', 'install or upgrade the schema first')
+    .option('--no-board', 'run listen + work only');
+  boardOptions(command).action(async (opts: StartFlags, cmd: Command) => {
+    const { config, log } = await commandContext(cmd);
+    let basicAuth: string | undefined;
+    try {
+      basicAuth = boardBasicAuth(opts.basicAuth);
+    } catch (error) {
+      throw new UsageError(`--basic-auth / BOARD_BASIC_AUTH: ${(error as Error).message}`);
+    }
+    const dir = opts.consumersDir ?? config.consumersDir;
+    const all = dir
+      ? await loadConsumersDir(dir)
+      : validateConsumers(
+          (config.consumers ?? []).map((value) => ({
+            value,
+            where: config.configFile ?? 'config',
+          })),
+        );
+    const consumers = selectConsumers(all, opts.consumers, opts.excludeConsumers);
+    if (consumers.length === 0) {
+      log.warn('no consumers to run (pass --consumers-dir or configure consumers): bridging only');
+    }
+    if (opts.migrate) {
+      const client = new pg.Client({ connectionString: config.databaseUrl });
+      await client.connect();
+      try {
+        await migrate({ db: client, schema: config.schema, logger: log });
+      } finally {
+        await client.end();
+      }
+    }
+    const app = await startAll({
+      settings: config,
+      consumers,
+      listen: { channels: opts.channels, batchSize: opts.batchSize },
+      work: {
+        concurrency: opts.concurrency,
+        shutdownTimeoutMs: (opts.shutdownTimeout ?? 30) * 1000,
+      },
+      board:
+        opts.board === false
+          ? false
+          : {
+              port: opts.port,
+              host: opts.host,
+              basePath: opts.basePath,
+              basicAuth,
+              readOnly: opts.readOnly,
+            },
+      logger: log,
+    });
+    log.info(
+      {
+        consumers: consumers.map((c) => c.id),
+        board: app.board?.url ?? false,
+        schema: config.schema,
+      },
+      'started: listen + work + board',
+    );
+    process.exitCode = await runUntilSignal(log, () => app.close());
+  });
+}
