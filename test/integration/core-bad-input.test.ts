@@ -3,7 +3,7 @@
  * and options (exit 2), unreachable Postgres for one-shot commands (exit 1, one line, no stack),
  * and a foreign NOTIFY with a junk payload on the listener's wake-up channel.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, type ExpectStatic } from 'vitest';
 import { notify, PgqError } from '../../src/index.js';
 import { runCli } from '../support/cli.js';
 import { createTestEnv, type TestEnv } from '../support/env.js';
@@ -43,10 +43,11 @@ async function storedCount(): Promise<number> {
 function expectUsageError(
   result: { code: number | null; stdout: string; stderr: string },
   message: RegExp,
+  check: ExpectStatic = expect,
 ): void {
-  expect(result.code, result.stderr).toBe(2);
-  expect(result.stderr).toMatch(message);
-  expect(result.stderr).not.toMatch(/^\s+at /m);
+  check(result.code, result.stderr).toBe(2);
+  check(result.stderr).toMatch(message);
+  check(result.stderr).not.toMatch(/^\s+at /m);
 }
 
 const BAD_CHANNELS = ['has space', 'x'.repeat(64), '', "quote'", 'semi;colon', 'é'];
@@ -89,8 +90,9 @@ describe('invalid channel names', () => {
   });
 });
 
-describe('CLI usage errors exit 2 with a clear message', () => {
-  it.each([
+// Independent child processes: run them side by side to keep the file quick.
+describe.concurrent('CLI usage errors exit 2 with a clear message', () => {
+  it.for([
     [['notify', 'orders', '{not json'], /not valid JSON/],
     [['notify', 'orders', ''], /not valid JSON/],
     [['notify', 'orders'], /missing required argument 'json'/],
@@ -102,8 +104,8 @@ describe('CLI usage errors exit 2 with a clear message', () => {
     [['listen', '--reconnect-delay', 'soon'], /expected a number >= 0/],
     [['--log-level', 'loud', 'migrate'], /--log-level.*loud.*Allowed choices/],
     [['work', '--consumers-dir', '/definitely/missing'], /consumers-dir: cannot read/],
-  ])('%j', async (args, message) => {
-    expectUsageError(await runCli(args, { env: t.env }), message);
+  ] as const)('%j', async ([args, message], { expect: check }) => {
+    expectUsageError(await runCli([...args], { env: t.env }), message, check);
   });
 
   it('does not store anything for a refused payload', async () => {
