@@ -83,10 +83,13 @@ describe('Postgres outage', () => {
     await waitForHandled(t.pool, t.schema, 20);
 
     const listenMark = listen.lines().length;
+    const workMark = work.lines().length;
     await server.stop('fast');
     // The listener notices at once (its LISTEN connection drops) and keeps trying to reconnect.
     await listen.waitForOutput(hasMsg('LISTEN connection lost; reconnecting'), 10_000, listenMark);
     await listen.waitForOutput(hasMsg('LISTEN connection failed; retrying'), 10_000, listenMark);
+    // The worker's idle pool connections (ledger) die too: logged, not fatal.
+    await work.waitForOutput(hasMsg('idle Postgres connection failed'), 10_000, workMark);
     await sleep(1500);
     expect(listen.exited).toBe(false);
     expect(work.exited).toBe(false);
