@@ -9,7 +9,9 @@ import { WakeupLease } from './lease.js';
 import { redactSecrets, silentLogger, type Logger } from './log.js';
 import type { BatchEvent, Metrics } from './metrics.js';
 import type { NotificationJobData } from './notification.js';
-import { checkEvictionPolicy, closeRedis, createRedis, type RedisConnection } from './redis.js';
+import { runStartupChecks } from './checks.js';
+import { PgqError } from './errors.js';
+import { closeRedis, createRedis, type RedisConnection } from './redis.js';
 import { errorMessage, withTimeout } from './util.js';
 import { assertChannel } from './identifiers.js';
 
@@ -37,11 +39,23 @@ export interface ListenerOptions {
   logger?: Logger;
   /** Counts batches, rows and bridge latency (see `Metrics`). */
   metrics?: Metrics;
+  /** Refuse to start when Redis may evict jobs (maxmemory-policy other than noeviction). */
+  strict?: boolean;
+  /**
+   * How long the start-up self-test waits for a NOTIFY on the LISTEN connection (default 5 s;
+   * 0 skips it). No NOTIFY means a transaction-mode pooler: the listener refuses to run.
+   */
+  listenSelfTestTimeoutMs?: number;
 }
 
 /** A running listener (the `listen` command). */
 export interface Listener extends EventEmitter {
-  /** Starts bridging; resolves at once (connection failures are retried in the background). */
+  /**
+   * Runs the start-up checks (schema version, Redis eviction policy; a server that cannot be
+   * reached is skipped), then starts bridging; connection failures are retried in the background.
+   * A LISTEN connection found to go through a transaction-mode pooler stops the listener and
+   * emits `error` (code `PGQ_LISTEN_POOLED`).
+   */
   start(): Promise<void>;
   /** Finishes the batch in flight, then closes every connection. */
   stop(): Promise<void>;
@@ -157,6 +171,7 @@ class BridgeListener extends EventEmitter implements Listener {
   private wakePending = true;
   private wakeWaiter: (() => void) | undefined;
   private loop: Promise<void> | undefined;
+  private stopping: Promise<void> | undefined;
   private readonly lease: WakeupLease | undefined;
 
   constructor(private readonly options: ListenerOptions) {
@@ -192,6 +207,14 @@ class BridgeListener extends EventEmitter implements Listener {
       store: this.store,
       logger: this.log,
       reconnectDelayMs: options.reconnectDelayMs,
+      ...(options.listenSelfTestTimeoutMs === 0
+        ? {}
+        : {
+            selfTestNotify: async (channel: string) => {
+              await this.pool.query('SELECT pg_notify($1, $2)', [channel, 'pgq-bridge self-test']);
+            },
+            selfTestTimeoutMs: options.listenSelfTestTimeoutMs,
+          }),
     });
     options.metrics?.watchListener(this);
     this.wakeups.on('wake', () => this.wake());
@@ -200,16 +223,35 @@ class BridgeListener extends EventEmitter implements Listener {
   }
 
   async start(): Promise<void> {
-    void checkEvictionPolicy(this.redis, this.log);
-    void this.wakeups
-      .start()
-      .catch((error: unknown) =>
-        this.log.error({ err: errorMessage(error) }, 'LISTEN connection failed'),
-      );
+    try {
+      await runStartupChecks({
+        schema: this.options.settings.schema,
+        db: this.pool,
+        redis: this.redis,
+        log: this.log,
+        strict: this.options.strict,
+      });
+    } catch (error) {
+      await this.stop();
+      throw error;
+    }
+    void this.wakeups.start().catch((error: unknown) => {
+      if (error instanceof PgqError && error.code === 'PGQ_LISTEN_POOLED') {
+        this.log.error({ err: error.message, check: 'listen-self-test' }, 'refusing to listen');
+        void this.stop().finally(() => this.emit('error', error));
+        return;
+      }
+      this.log.error({ err: errorMessage(error) }, 'LISTEN connection failed');
+    });
     this.loop = this.run();
   }
 
-  async stop(): Promise<void> {
+  stop(): Promise<void> {
+    this.stopping ??= this.doStop();
+    return this.stopping;
+  }
+
+  private async doStop(): Promise<void> {
     this.abort.abort();
     this.wakeWaiter?.();
     await this.loop;

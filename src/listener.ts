@@ -1,8 +1,11 @@
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import pg from 'pg';
 import pRetry from 'p-retry';
 import type { Store } from './db/store.js';
 import { redactSecrets, type Logger } from './log.js';
+import { PgqError } from './errors.js';
+import { quoteIdent } from './identifiers.js';
 import { errorMessage, withTimeout } from './util.js';
 
 /** Options of {@link WakeupListener}. */
@@ -15,6 +18,14 @@ export interface WakeupListenerOptions {
   reconnectDelayMs?: number;
   /** How often the connection is pinged to detect a silent death. */
   pingIntervalMs?: number;
+  /**
+   * Sends `NOTIFY channel` through another connection. When given, the first connection checks
+   * that a NOTIFY from elsewhere reaches it: through a transaction-mode pooler (PgBouncer) LISTEN
+   * seems to work but never receives anything, and the listener would only ever poll.
+   */
+  selfTestNotify?: (channel: string) => Promise<void>;
+  /** How long the self-test waits for its NOTIFY (default 5 s). */
+  selfTestTimeoutMs?: number;
 }
 
 /**
@@ -33,6 +44,7 @@ export class WakeupListener extends EventEmitter {
   private pingTimer: NodeJS.Timeout | undefined;
   private reconnecting: Promise<void> | undefined;
   private stopped = false;
+  private selfTested = false;
   private readonly reconnectDelayMs: number;
   private readonly pingIntervalMs: number;
 
@@ -82,6 +94,8 @@ export class WakeupListener extends EventEmitter {
       throw error;
     }
     client.on('notification', (message) => {
+      // Only the wake-up channel wakes (the self-test's channel is its own business).
+      if (message.channel !== this.options.store.wakeChannel) return;
       if (message.payload) {
         // pgq-bridge's own wake-ups carry no payload; anything else is someone else's NOTIFY.
         this.options.logger.warn(
@@ -117,10 +131,70 @@ export class WakeupListener extends EventEmitter {
       await this.client?.end().catch(() => undefined);
       return;
     }
+    if (this.options.selfTestNotify && !this.selfTested && this.client) {
+      try {
+        await this.selfTest(this.client, this.options.selfTestNotify);
+      } catch (error) {
+        if (error instanceof PgqError && error.code === 'PGQ_LISTEN_POOLED') throw error;
+        // The connection failed mid-test: no verdict; the usual reconnect takes over.
+        this.options.logger.warn(
+          { err: redactSecrets(errorMessage(error)), check: 'listen-self-test' },
+          'LISTEN self-test skipped',
+        );
+        this.selfTested = true;
+      }
+      if (this.stopped) return;
+    }
     this.reconnecting = undefined;
     this.options.logger.info('LISTEN connection ready');
     this.schedulePing();
     this.emit('connected');
+  }
+
+  /**
+   * LISTENs on a one-off channel, NOTIFYs it through another connection and waits for it. No
+   * answer means the LISTEN connection is not a session of its own (a transaction-mode pooler):
+   * throws `PGQ_LISTEN_POOLED`. A failure to send is no verdict: it is logged and skipped.
+   */
+  private async selfTest(
+    client: pg.Client,
+    notify: (channel: string) => Promise<void>,
+  ): Promise<void> {
+    const channel = `pgq_bridge_selftest_${randomBytes(6).toString('hex')}`;
+    let onNotification: ((message: pg.Notification) => void) | undefined;
+    const received = new Promise<void>((resolve) => {
+      onNotification = (message) => {
+        if (message.channel === channel) resolve();
+      };
+      client.on('notification', onNotification);
+    });
+    try {
+      await client.query(`LISTEN ${quoteIdent(channel)}`);
+      try {
+        await notify(channel);
+      } catch (error) {
+        this.options.logger.warn(
+          { err: redactSecrets(errorMessage(error)), check: 'listen-self-test' },
+          'LISTEN self-test skipped: could not send its NOTIFY',
+        );
+        this.selfTested = true;
+        return;
+      }
+      const timeoutMs = this.options.selfTestTimeoutMs ?? 5000;
+      await withTimeout(received, timeoutMs, 'self-test NOTIFY').catch(() => {
+        throw new PgqError(
+          'PGQ_LISTEN_POOLED',
+          `the LISTEN connection did not receive a self-test NOTIFY within ${timeoutMs} ms: it goes ` +
+            'through a transaction-mode pooler (PgBouncer?), where LISTEN does not work. Set ' +
+            'LISTEN_DATABASE_URL (--listen-database-url) to a direct Postgres URL (or a session-mode pool)',
+        );
+      });
+      this.selfTested = true;
+      this.options.logger.debug({ check: 'listen-self-test' }, 'LISTEN self-test passed');
+    } finally {
+      if (onNotification) client.off('notification', onNotification);
+      await client.query(`UNLISTEN ${quoteIdent(channel)}`).catch(() => undefined);
+    }
   }
 
   private lost(client: pg.Client, error: Error): void {

@@ -16,7 +16,8 @@ import { LedgerWriter } from './ledger.js';
 import type { Metrics } from './metrics.js';
 import { redactSecrets, silentLogger, type Logger } from './log.js';
 import { toNotification, type NotificationJobData } from './notification.js';
-import { checkEvictionPolicy, closeRedis, createRedis, type RedisConnection } from './redis.js';
+import { runStartupChecks } from './checks.js';
+import { closeRedis, createRedis, type RedisConnection } from './redis.js';
 import { errorMessage, withTimeout } from './util.js';
 import { playback } from './reconcile.js';
 
@@ -33,6 +34,8 @@ export interface WorkerOptions {
   workerName?: string;
   /** Counts handler runs and their duration (see `Metrics`). */
   metrics?: Metrics;
+  /** Refuse to start when Redis may evict jobs (maxmemory-policy other than noeviction). */
+  strict?: boolean;
   /**
    * Record outcomes in the delivery ledger (default true). Only benchmarks turn it off, to
    * measure what the ledger costs: without it, replays cannot tell what already ran.
@@ -116,7 +119,14 @@ class ConsumerWorkers implements PgqWorker {
   }
 
   async start(): Promise<void> {
-    void checkEvictionPolicy(this.redis, this.log);
+    // Schema version and Redis eviction policy; unreachable servers are retried below.
+    await runStartupChecks({
+      schema: this.options.settings.schema,
+      db: this.pool,
+      redis: this.redis,
+      log: this.log,
+      strict: this.options.strict,
+    });
     const registrations: ConsumerRegistration[] = this.options.consumers.map((def) => ({
       id: def.id,
       channels: channelNames(def),

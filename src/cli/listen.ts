@@ -13,6 +13,7 @@ interface ListenFlags {
   reconnectDelay?: number;
   pollInterval?: number;
   metricsPort?: number;
+  strict?: boolean;
 }
 
 export function registerListen(program: Command): void {
@@ -42,6 +43,7 @@ export function registerListen(program: Command): void {
       5,
     )
     .option('--metrics-port <port>', 'serve Prometheus metrics on this port', positiveInt)
+    .option('--strict', 'refuse to start when Redis may evict jobs (maxmemory-policy)')
     .action(async (opts: ListenFlags, command: Command) => {
       if (opts.recover && opts.skipPlayback) {
         throw new UsageError('--recover and --skip-playback contradict each other: pick one');
@@ -62,6 +64,7 @@ export function registerListen(program: Command): void {
       const listener = createListener({
         settings: config,
         metrics: served.metrics,
+        strict: opts.strict,
         channels: opts.channels,
         batchSize: opts.batchSize,
         skipPlayback: opts.skipPlayback,
@@ -74,9 +77,17 @@ export function registerListen(program: Command): void {
         { schema: config.schema, prefix: config.prefix, channels: opts.channels ?? 'all' },
         'listening',
       );
-      process.exitCode = await runUntilSignal(log, async () => {
-        await listener.stop();
-        await served.stop();
-      });
+      // A listener that refuses to run (LISTEN through a transaction pooler) ends the command.
+      const refused = new Promise<never>((_, reject) => listener.once('error', reject));
+      process.exitCode = await Promise.race([
+        runUntilSignal(log, async () => {
+          await listener.stop();
+          await served.stop();
+        }),
+        refused.catch(async (error: unknown) => {
+          await served.stop();
+          throw error;
+        }),
+      ]);
     });
 }

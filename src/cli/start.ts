@@ -22,6 +22,7 @@ interface StartFlags {
   basicAuth?: string;
   readOnly?: boolean;
   migrate?: boolean;
+  strict?: boolean;
 }
 
 export function registerStart(program: Command): void {
@@ -41,6 +42,7 @@ export function registerStart(program: Command): void {
     .option('--channels <list>', 'bridge only these channels (comma-separated)', list)
     .option('--batch-size <n>', 'rows claimed per transaction', positiveInt, 500)
     .option('--migrate', 'install or upgrade the schema first')
+    .option('--strict', 'refuse to start when Redis may evict jobs (maxmemory-policy)')
     .option('--no-board', 'run listen + work only');
   boardOptions(command).action(async (opts: StartFlags, cmd: Command) => {
     const { config, log } = await commandContext(cmd);
@@ -75,8 +77,9 @@ export function registerStart(program: Command): void {
     const app = await startAll({
       settings: config,
       consumers,
-      listen: { channels: opts.channels, batchSize: opts.batchSize },
+      listen: { channels: opts.channels, batchSize: opts.batchSize, strict: opts.strict },
       work: {
+        strict: opts.strict,
         concurrency: opts.concurrency,
         shutdownTimeoutMs: (opts.shutdownTimeout ?? 30) * 1000,
       },
@@ -100,6 +103,13 @@ export function registerStart(program: Command): void {
       },
       'started: listen + work + board',
     );
-    process.exitCode = await runUntilSignal(log, () => app.close());
+    const refused = new Promise<never>((_, reject) => app.listener.once('error', reject));
+    process.exitCode = await Promise.race([
+      runUntilSignal(log, () => app.close()),
+      refused.catch(async (error: unknown) => {
+        await app.close().catch(() => undefined);
+        throw error;
+      }),
+    ]);
   });
 }

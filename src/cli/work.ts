@@ -30,6 +30,7 @@ interface WorkFlags {
   worker?: boolean;
   restartOnFailure?: boolean;
   metricsPort?: number;
+  strict?: boolean;
 }
 
 /** Options of the supervisor that its children must not get (the supervisor serves metrics). */
@@ -81,6 +82,7 @@ export function registerWork(program: Command): void {
       'with --processes: a crashed worker process ends the command with a non-zero code',
     )
     .option('--metrics-port <port>', 'serve Prometheus metrics on this port', positiveInt)
+    .option('--strict', 'refuse to start when Redis may evict jobs (maxmemory-policy)')
     .action(async (opts: WorkFlags, command: Command) => {
       if (opts.processes !== undefined && opts.worker) {
         throw new UsageError('--processes and --worker exclude each other');
@@ -146,6 +148,7 @@ export function registerWork(program: Command): void {
       const worker = createWorker({
         settings: config,
         metrics: served.metrics,
+        strict: opts.strict,
         consumers,
         concurrency: opts.concurrency,
         shutdownTimeoutMs: (opts.shutdownTimeout ?? 30) * 1000,

@@ -3,6 +3,7 @@
  * each handler run in `<schema>.ran`, and starters that wait until a process is ready.
  */
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { expect } from 'vitest';
 import { REPO_ROOT, runCli, startCli, type CliHandle } from './cli.js';
@@ -94,4 +95,64 @@ export async function startListening(
 /** The pino lines of a handle whose `msg` equals `msg`. */
 export function logsWith(handle: CliHandle, msg: string): Array<Record<string, unknown>> {
   return handle.logs().filter((l) => l.msg === msg);
+}
+
+/** A TCP proxy to Postgres that never forwards notifications (see {@link startPoolerLikeProxy}). */
+export interface DroppingProxy {
+  port: number;
+  /** Notifications dropped so far. */
+  readonly dropped: number;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts a TCP proxy in front of Postgres that drops every NotificationResponse ('A') message
+ * the server sends: to a LISTEN connection it looks like a transaction-mode pooler (PgBouncer),
+ * where LISTEN succeeds but nothing ever arrives. Everything else passes through unchanged.
+ */
+export async function startPoolerLikeProxy(target: {
+  host: string;
+  port: number;
+}): Promise<DroppingProxy> {
+  const sockets = new Set<Socket>();
+  let dropped = 0;
+  const server = createServer((client) => {
+    const upstream = connect(target.port, target.host);
+    sockets.add(client).add(upstream);
+    let pending = Buffer.alloc(0);
+    client.on('data', (chunk) => upstream.write(chunk));
+    upstream.on('data', (chunk: Buffer) => {
+      // Server messages: 1 type byte, then a 4-byte length that counts itself.
+      pending = Buffer.concat([pending, chunk]);
+      const out: Buffer[] = [];
+      while (pending.length >= 5) {
+        const length = pending.readUInt32BE(1);
+        if (pending.length < length + 1) break;
+        const message = pending.subarray(0, length + 1);
+        pending = pending.subarray(length + 1);
+        if (message[0] === 0x41) dropped++;
+        else out.push(message);
+      }
+      if (out.length) client.write(Buffer.concat(out));
+    });
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('close', end).on('error', end);
+    upstream.on('close', end).on('error', end);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    port,
+    get dropped() {
+      return dropped;
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
 }

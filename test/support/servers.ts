@@ -72,6 +72,11 @@ export interface StartOptions {
   port?: number;
   /** How long to wait for the server to accept connections. Default 30 s. */
   startTimeoutMs?: number;
+  /**
+   * Extra command-line arguments, after the defaults (so they override them), e.g.
+   * `['--maxmemory-policy', 'allkeys-lru']`. Only `startRedis` uses them.
+   */
+  args?: string[];
 }
 
 const LOOPBACK = '127.0.0.1';
@@ -506,6 +511,7 @@ export async function startRedis(options: StartOptions = {}): Promise<ThrowawayR
           baseDir,
           '--daemonize',
           'no',
+          ...(options.args ?? []),
         ],
         { cwd: baseDir, stdio: ['ignore', fd, fd] },
       );
