@@ -1,0 +1,112 @@
+/** Formats the soak's results: per-fault lines, a per-kind summary, and the verdict. */
+import { FAULT_KINDS, type FaultKind } from './chaos.js';
+import type { Recovery } from './monitor.js';
+import type { Verdict } from './verify.js';
+import type { WriterTotals } from './writers.js';
+
+/** Per fault kind: how often, and the longest recovery. */
+export interface KindSummary {
+  kind: FaultKind;
+  injected: number;
+  /** Longest time from a fault's end to the first new handling, in s. */
+  maxFlowingAfterS: number | null;
+  /** Longest time from a fault's end until what was owed before it was handled or parked, in s. */
+  maxDrainedAfterS: number | null;
+  /** Faults whose drain was not observed before the chaos ended (measured until the end). */
+  notDrained: number;
+}
+
+function fmt(s: number | null | undefined): string {
+  return s === undefined || s === null ? '-' : `${s.toFixed(1)} s`;
+}
+
+/** Groups recoveries by fault kind. */
+export function summarizeKinds(recoveries: Recovery[]): KindSummary[] {
+  return FAULT_KINDS.map((kind) => {
+    const mine = recoveries.filter((r) => r.fault.kind === kind);
+    const flowing = mine.flatMap((r) => (r.flowingAfterS === undefined ? [] : [r.flowingAfterS]));
+    const drained = mine.flatMap((r) => (r.drainedAfterS === undefined ? [] : [r.drainedAfterS]));
+    return {
+      kind,
+      injected: mine.length,
+      maxFlowingAfterS: flowing.length ? Math.max(...flowing) : null,
+      maxDrainedAfterS: drained.length ? Math.max(...drained) : null,
+      notDrained: mine.length - drained.length,
+    };
+  });
+}
+
+/** The human report. */
+export function formatReport(input: {
+  minutes: number;
+  elapsedS: number;
+  writers: WriterTotals;
+  recoveries: Recovery[];
+  kinds: KindSummary[];
+  verdict: Verdict;
+  reconciles: string[];
+  problems: string[];
+}): string {
+  const { writers, verdict: v } = input;
+  const lines: string[] = [];
+  lines.push('');
+  lines.push(
+    `== pgq-bridge soak: ${input.minutes} min of chaos, ${input.elapsedS.toFixed(0)} s in all ==`,
+  );
+  lines.push(
+    `committed (stored) ${v.stored}; writers: acknowledged ${writers.acknowledged}, ` +
+      `uncertain ${writers.uncertain}, failed (not stored) ${writers.failed}`,
+  );
+  lines.push(
+    `owed (consumer, notification) pairs ${v.owedPairs}; handled pairs ${v.handledPairs}; ` +
+      `handler runs ${v.handledRuns}; duplicates ${v.duplicates}`,
+  );
+  for (const [cause, n] of Object.entries(v.duplicatesByCause).sort((a, b) => b[1] - a[1])) {
+    lines.push(`  duplicate cause: ${cause}: ${n}`);
+  }
+  lines.push(
+    `lost ${v.lost}; acknowledged but missing ${v.acknowledgedMissing}; ` +
+      `run again after completed in the ledger ${v.rerunAfterCompleted}`,
+  );
+  lines.push(
+    `ledger: handled but not completed ${JSON.stringify(v.ledgerMissing)}; ` +
+      `completed without handling ${v.ledgerWithoutHandling}; left failed ${v.ledgerFailed}`,
+  );
+  for (const r of input.reconciles) lines.push(`final ${r}`);
+  lines.push('');
+  lines.push(
+    'faults (recovery = from the fault end: first new handling / everything owed before it handled):',
+  );
+  input.recoveries.forEach((r, i) => {
+    const started = new Date(r.fault.startedAt).toISOString().slice(11, 19);
+    lines.push(
+      `  ${String(i + 1).padStart(3)} ${started} ${r.fault.kind.padEnd(18)} ` +
+        `${((r.fault.endedAt - r.fault.startedAt) / 1000).toFixed(1).padStart(5)} s  ` +
+        `flowing ${fmt(r.flowingAfterS).padStart(7)}  drained ${fmt(r.drainedAfterS).padStart(7)}` +
+        (r.parkedAtDrain ? ` (${r.parkedAtDrain} parked for the final reconcile)` : '') +
+        `  ${r.fault.detail}`,
+    );
+  });
+  lines.push('');
+  lines.push('per kind: injected, longest time to first new handling, longest time to drained:');
+  for (const k of input.kinds) {
+    lines.push(
+      `  ${k.kind.padEnd(18)} ${String(k.injected).padStart(3)}  flowing ${fmt(k.maxFlowingAfterS).padStart(7)}  ` +
+        `drained ${fmt(k.maxDrainedAfterS).padStart(7)}` +
+        (k.notDrained ? `  (${k.notDrained} not drained before the end of the chaos)` : ''),
+    );
+  }
+  lines.push('');
+  const failures = [...v.failures, ...input.problems];
+  if (failures.length === 0) {
+    lines.push(
+      'PASS: nothing lost, nothing completed ran again, the ledger agrees with the handlers',
+    );
+  } else {
+    lines.push('FAIL:');
+    for (const f of failures) lines.push(`  - ${f}`);
+    if (v.lostExamples.length) lines.push(`  lost, e.g. ${v.lostExamples.join(', ')}`);
+    for (const e of v.rerunExamples) lines.push(`  rerun: ${e}`);
+  }
+  return lines.join('\n') + '\n';
+}

@@ -1,0 +1,303 @@
+/**
+ * `npm run soak [-- --minutes N]`: the chaos soak (issue 6).
+ *
+ * For N minutes (default 3), 8 writers commit notifications (one per transaction) on 3 channels
+ * to 4 consumers, run by 2 `listen` and 2 `work` processes of the real CLI that reach a
+ * throwaway Postgres and Redis through loopback TCP proxies. A chaos driver injects, one at a
+ * time at random intervals, every kind of fault in test/soak/chaos.ts: kill -9 of a listener or a
+ * worker (and a new one started), Redis restarted empty, Postgres restarted (fast or like a crash),
+ * pg_terminate_backend of the bridge's backends, the bridge's path to Postgres or Redis cut for a
+ * few seconds (reset or blackholed). Then: writers stop, quiet, `reconcile --verify` (and
+ * `--failed` if dead letters exist), quiet, graceful stop, and the checks of test/soak/verify.ts.
+ *
+ * Prints the counts, the recovery after each fault and per kind, and exits 1 on any loss, on a
+ * pair handled again after the ledger recorded it completed, on a ledger that disagrees with the
+ * handlers, or on a bridge process that died by itself. Never touches the servers on 5432/6379.
+ *
+ * Options: --minutes N, --writers N (8), --rate N (commits/s in all, 80), --listeners N (2),
+ * --workers N (2), --gap-min S / --gap-max S (pause between faults, 6 / 14), --keep (keep the
+ * working dir .tmp/soak-<id> with the processes' logs even on success), --json FILE.
+ */
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { runCli } from '../support/cli.js';
+import { runChaos, type Fault } from './chaos.js';
+import { CHANNELS, CONSUMERS } from './consumers.js';
+import { RecoveryMonitor } from './monitor.js';
+import { ProcessSet, type Role } from './processes.js';
+import { formatReport, summarizeKinds } from './report.js';
+import { createStack, type Stack } from './stack.js';
+import { verify } from './verify.js';
+import { startWriters } from './writers.js';
+
+const { values: args } = parseArgs({
+  options: {
+    minutes: { type: 'string', default: '3' },
+    writers: { type: 'string', default: '8' },
+    rate: { type: 'string', default: '80' },
+    listeners: { type: 'string', default: '2' },
+    workers: { type: 'string', default: '2' },
+    'gap-min': { type: 'string', default: '6' },
+    'gap-max': { type: 'string', default: '14' },
+    keep: { type: 'boolean', default: false },
+    json: { type: 'string' },
+  },
+});
+
+function positive(name: string, value: string | undefined): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) {
+    process.stderr.write(
+      `soak: --${name} must be a positive number, got ${JSON.stringify(value)}\n`,
+    );
+    process.exit(2);
+  }
+  return n;
+}
+
+const minutes = positive('minutes', args.minutes);
+const writerCount = Math.round(positive('writers', args.writers));
+const rate = positive('rate', args.rate);
+const listenerCount = Math.round(positive('listeners', args.listeners));
+const workerCount = Math.round(positive('workers', args.workers));
+const gapMs: [number, number] = [
+  positive('gap-min', args['gap-min']) * 1000,
+  positive('gap-max', args['gap-max']) * 1000,
+];
+
+const started = Date.now();
+function log(message: string): void {
+  const t = ((Date.now() - started) / 1000).toFixed(0).padStart(4);
+  process.stdout.write(`[soak ${t}s] ${message}\n`);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Jobs not finished in any consumer queue (waiting, active, delayed, prioritized, waiting-children). */
+async function unfinishedJobs(queues: Queue[]): Promise<number> {
+  let total = 0;
+  for (const queue of queues) {
+    const counts = await queue.getJobCounts(
+      'waiting',
+      'active',
+      'delayed',
+      'prioritized',
+      'waiting-children',
+    );
+    for (const n of Object.values(counts)) total += n;
+  }
+  return total;
+}
+
+/** Waits until no row is unbridged and no job is unfinished, twice in a row. */
+async function waitForQuiet(stack: Stack, queues: Queue[], timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  let calm = 0;
+  let last = '';
+  while (Date.now() < deadline) {
+    try {
+      const { rows } = await stack.pool.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM ${stack.schema}.notifications WHERE bridged_at IS NULL`,
+      );
+      const jobs = await unfinishedJobs(queues);
+      last = `unbridged ${rows[0].n}, unfinished jobs ${jobs}`;
+      calm = rows[0].n === 0 && jobs === 0 ? calm + 1 : 0;
+      if (calm >= 2) return true;
+    } catch (error) {
+      last = `poll failed: ${(error as Error).message}`;
+      calm = 0;
+    }
+    await sleep(1000);
+  }
+  log(`not quiet after ${timeoutMs / 1000} s (${last})`);
+  return false;
+}
+
+/** Runs `reconcile <flags> --json` with direct URLs; returns its summary. */
+async function runReconcile(stack: Stack, flags: string[]): Promise<Record<string, unknown>> {
+  const result = await runCli(['reconcile', ...flags, '--json'], {
+    env: stack.directEnv,
+    timeoutMs: 300_000,
+  });
+  if (result.code !== 0) {
+    throw new Error(`reconcile ${flags.join(' ')} exited ${result.code}: ${result.stderr}`);
+  }
+  return JSON.parse(result.stdout) as Record<string, unknown>;
+}
+
+const reportedDead = new Set<number>();
+
+/** Keeps `count` processes of `role` running; returns descriptions of those that died alone. */
+async function replaceDead(processes: ProcessSet, role: Role, count: number): Promise<string[]> {
+  const died = processes.all
+    .filter((p) => p.role === role && p.handle.exited && p.killedAt === undefined)
+    .filter((p) => !reportedDead.has(p.pid) && reportedDead.add(p.pid))
+    .map((p) => `${role} pid ${p.pid} exited by itself: ${p.handle.stderr().trim().slice(-500)}`);
+  while (processes.running(role).length < count) await processes.start(role);
+  return died;
+}
+
+async function main(): Promise<number> {
+  const runId = randomBytes(4).toString('hex');
+  log(
+    `starting: ${minutes} min, ${writerCount} writers at ${rate}/s, ${listenerCount} listeners, ` +
+      `${workerCount} workers, consumers ${Object.keys(CONSUMERS).join(', ')}`,
+  );
+  const stack = await createStack(runId);
+  const processes = new ProcessSet(
+    stack.bridgeEnv,
+    stack.consumersDir,
+    Object.keys(CONSUMERS).length,
+    stack.logsDir,
+  );
+  const queueRedis = new Redis(stack.redis.url, { maxRetriesPerRequest: null });
+  queueRedis.on('error', () => undefined);
+  const queues = Object.keys(CONSUMERS).map((id) => {
+    const queue = new Queue(id, { connection: queueRedis, prefix: stack.prefix });
+    // Redis restarts are part of the plan: BullMQ would print each connection error.
+    queue.on('error', () => undefined);
+    return queue;
+  });
+  let failed = true;
+  try {
+    for (let i = 0; i < workerCount; i++) await processes.start('work');
+    for (let i = 0; i < listenerCount; i++) await processes.start('listen');
+    log(
+      `stack up: postgres :${stack.postgres.port} (proxy :${stack.pgProxy.port}), redis :${stack.redis.port} (proxy :${stack.redisProxy.port})`,
+    );
+
+    const monitor = new RecoveryMonitor(stack);
+    monitor.start();
+    const writers = startWriters({
+      databaseUrl: stack.postgres.url,
+      schema: stack.schema,
+      channels: CHANNELS,
+      writers: writerCount,
+      ratePerSecond: rate,
+    });
+    const progress = setInterval(() => {
+      const s = monitor.last;
+      if (s) {
+        log(
+          `progress: committed ${writers.totals.acknowledged}, newest id ${s.maxId}, unbridged ${s.unbridged}, ` +
+            `handled ${s.handled}, pending ${s.pending}, parked ${s.parked}`,
+        );
+      }
+    }, 30_000);
+
+    const chaosEnd = started + minutes * 60_000;
+    const faults: Fault[] = await runChaos({
+      stack,
+      processes,
+      until: chaosEnd,
+      gapMs,
+      onFault: (fault) => void monitor.track(fault),
+      log,
+    });
+    const problems: string[] = [];
+    problems.push(...(await replaceDead(processes, 'listen', listenerCount)));
+    problems.push(...(await replaceDead(processes, 'work', workerCount)));
+    const rest = chaosEnd - Date.now();
+    if (rest > 0) await sleep(rest);
+    await writers.stop();
+    clearInterval(progress);
+    log(`writers stopped: ${writers.totals.acknowledged} acknowledged; waiting for quiet`);
+
+    // Quiet first: stalled jobs of killed workers come back after BullMQ's lock (30 s) expires.
+    await waitForQuiet(stack, queues, 180_000);
+    await monitor.stop();
+    const reconciles: string[] = [];
+    const verified = await runReconcile(stack, ['--verify']);
+    reconciles.push(`reconcile --verify: ${JSON.stringify(verified)}`);
+    log(reconciles[0]);
+    const failedJobs = (await Promise.all(queues.map((q) => q.getFailedCount()))).reduce(
+      (a, b) => a + b,
+      0,
+    );
+    const { rows } = await stack.pool.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM ${stack.schema}.deliveries WHERE status = 'failed'`,
+    );
+    if (failedJobs > 0 || rows[0].n > 0) {
+      const replayed = await runReconcile(stack, ['--failed']);
+      reconciles.push(
+        `reconcile --failed (${failedJobs} failed jobs, ${rows[0].n} failed in the ledger): ${JSON.stringify(replayed)}`,
+      );
+      log(reconciles[reconciles.length - 1]);
+    }
+    if (!(await waitForQuiet(stack, queues, 180_000))) {
+      problems.push('the bridge did not settle within 180 s after the final reconcile');
+    }
+    problems.push(...(await replaceDead(processes, 'listen', 0)));
+    problems.push(...(await replaceDead(processes, 'work', 0)));
+    problems.push(...(await processes.stopAll()));
+
+    const verdict = await verify(
+      stack,
+      writers.totals.acknowledgedIds,
+      faults,
+      processes.killedWorkers(),
+    );
+    const kinds = summarizeKinds(monitor.recoveries);
+    process.stdout.write(
+      formatReport({
+        minutes,
+        elapsedS: (Date.now() - started) / 1000,
+        writers: writers.totals,
+        recoveries: monitor.recoveries,
+        kinds,
+        verdict,
+        reconciles,
+        problems,
+      }),
+    );
+    const errorLines = processes.errorLines();
+    if (errorLines.length > 0) {
+      log(`${errorLines.length} error-level log lines from the bridge, e.g.:`);
+      for (const line of errorLines.slice(0, 5)) process.stdout.write(`  ${line.slice(0, 400)}\n`);
+    }
+    if (args.json) {
+      const { acknowledgedIds: _ids, ...totals } = writers.totals;
+      writeFileSync(
+        args.json,
+        JSON.stringify(
+          {
+            minutes,
+            writers: totals,
+            verdict,
+            kinds,
+            faults: monitor.recoveries,
+            reconciles,
+            problems,
+          },
+          null,
+          2,
+        ),
+      );
+    }
+    failed = verdict.failures.length > 0 || problems.length > 0;
+    return failed ? 1 : 0;
+  } finally {
+    processes.writeLogs();
+    await processes.stopAll(10_000).catch(() => undefined);
+    await Promise.all(queues.map((q) => q.close().catch(() => undefined)));
+    queueRedis.disconnect();
+    const keep = failed || args.keep;
+    await stack.destroy(keep);
+    if (keep) log(`logs kept in ${stack.logsDir}`);
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    process.stderr.write(
+      `soak: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    );
+    process.exit(1);
+  },
+);

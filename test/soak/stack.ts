@@ -1,0 +1,162 @@
+/**
+ * The soak's world: a throwaway Postgres and Redis (never the shared servers on 5432/6379), a
+ * TCP proxy in front of each for the bridge's processes, the pgq-bridge schema, and the soak's
+ * own tables: `handled` (one row per handler run) and `ledger_log` (every write to the delivery
+ * ledger, with its time, kept by a trigger: the ledger itself only keeps the latest outcome).
+ */
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { REPO_ROOT, runCli } from '../support/cli.js';
+import {
+  startPostgres,
+  startRedis,
+  type ThrowawayPostgres,
+  type ThrowawayRedis,
+} from '../support/servers.js';
+import { consumersFile } from './consumers.js';
+import { TcpProxy } from './proxy.js';
+
+/** Everything a soak run works with. */
+export interface Stack {
+  postgres: ThrowawayPostgres;
+  redis: ThrowawayRedis;
+  pgProxy: TcpProxy;
+  redisProxy: TcpProxy;
+  /** pgq-bridge's schema. */
+  schema: string;
+  /** The soak's own tables (handled, ledger_log). */
+  soakSchema: string;
+  prefix: string;
+  /** Working dir inside the repo (consumers, logs); removed by `destroy` unless kept. */
+  dir: string;
+  consumersDir: string;
+  logsDir: string;
+  /** Environment of the bridge's processes: they reach both servers through the proxies. */
+  bridgeEnv: NodeJS.ProcessEnv;
+  /** Environment for one-off commands run by the soak itself (direct URLs). */
+  directEnv: NodeJS.ProcessEnv;
+  /** Direct pool for the monitor and the final checks. */
+  pool: pg.Pool;
+  /** Direct Redis client for the monitor. */
+  redisClient: Redis;
+  destroy(keepDir: boolean): Promise<void>;
+}
+
+/** Settings a CLI child must not inherit from the soak's own environment. */
+const SETTINGS = [
+  'DATABASE_URL',
+  'LISTEN_DATABASE_URL',
+  'REDIS_URL',
+  'PGQ_SCHEMA',
+  'PGQ_PREFIX',
+  'PGQ_CONFIG',
+  'LOG_LEVEL',
+  'LOG_FORMAT',
+];
+
+function cliEnv(databaseUrl: string, redisUrl: string, schema: string, prefix: string) {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const name of SETTINGS) delete env[name];
+  return {
+    ...env,
+    DATABASE_URL: databaseUrl,
+    REDIS_URL: redisUrl,
+    PGQ_SCHEMA: schema,
+    PGQ_PREFIX: prefix,
+    LOG_FORMAT: 'json',
+    LOG_LEVEL: 'info',
+  };
+}
+
+/** Starts the servers and proxies, migrates, and creates the soak tables. */
+export async function createStack(runId: string): Promise<Stack> {
+  const [postgres, redis] = await Promise.all([startPostgres(), startRedis()]);
+  const pgProxy = new TcpProxy(postgres.port);
+  const redisProxy = new TcpProxy(redis.port);
+  await Promise.all([pgProxy.start(), redisProxy.start()]);
+  const schema = 'soak_pgq';
+  const soakSchema = 'soak';
+  const prefix = `soak_${runId}`;
+  const dir = join(REPO_ROOT, '.tmp', `soak-${runId}`);
+  const consumersDir = join(dir, 'consumers');
+  const logsDir = join(dir, 'logs');
+  mkdirSync(consumersDir, { recursive: true });
+  mkdirSync(logsDir, { recursive: true });
+  writeFileSync(join(consumersDir, 'soak.mjs'), consumersFile(soakSchema));
+
+  const pgProxyUrl = `postgres://postgres@127.0.0.1:${pgProxy.port}/test`;
+  const redisProxyUrl = `redis://127.0.0.1:${redisProxy.port}`;
+  const bridgeEnv = cliEnv(pgProxyUrl, redisProxyUrl, schema, prefix);
+  const directEnv = cliEnv(postgres.url, redis.url, schema, prefix);
+
+  const migrated = await runCli(['migrate'], { env: directEnv, timeoutMs: 60_000 });
+  if (migrated.code !== 0) throw new Error(`migrate failed: ${migrated.stderr}`);
+
+  const pool = new pg.Pool({
+    connectionString: postgres.url,
+    max: 4,
+    connectionTimeoutMillis: 3000,
+  });
+  pool.on('error', () => undefined);
+  await pool.query(`
+    CREATE SCHEMA ${soakSchema};
+    CREATE TABLE ${soakSchema}.handled (
+      seq bigserial PRIMARY KEY,
+      consumer text NOT NULL,
+      notification_id bigint NOT NULL,
+      attempt int NOT NULL,
+      is_replay boolean NOT NULL,
+      pid int NOT NULL,
+      handled_at timestamptz NOT NULL DEFAULT clock_timestamp());
+    CREATE INDEX ON ${soakSchema}.handled (consumer, notification_id);
+    CREATE INDEX ON ${soakSchema}.handled (notification_id);
+    CREATE TABLE ${soakSchema}.ledger_log (
+      consumer_id text NOT NULL,
+      notification_id bigint NOT NULL,
+      status text NOT NULL,
+      logged_at timestamptz NOT NULL DEFAULT clock_timestamp());
+    CREATE INDEX ON ${soakSchema}.ledger_log (consumer_id, notification_id);
+    CREATE FUNCTION ${soakSchema}.log_delivery() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    BEGIN
+      INSERT INTO ${soakSchema}.ledger_log (consumer_id, notification_id, status)
+      VALUES (NEW.consumer_id, NEW.notification_id, NEW.status);
+      RETURN NULL;
+    END $fn$;
+    CREATE TRIGGER soak_log_delivery AFTER INSERT OR UPDATE ON ${schema}.deliveries
+      FOR EACH ROW EXECUTE FUNCTION ${soakSchema}.log_delivery();
+  `);
+
+  const redisClient = new Redis(redis.url, {
+    maxRetriesPerRequest: 1,
+    connectTimeout: 2000,
+    commandTimeout: 3000,
+    retryStrategy: () => 200,
+  });
+  redisClient.on('error', () => undefined);
+
+  return {
+    postgres,
+    redis,
+    pgProxy,
+    redisProxy,
+    schema,
+    soakSchema,
+    prefix,
+    dir,
+    consumersDir,
+    logsDir,
+    bridgeEnv,
+    directEnv,
+    pool,
+    redisClient,
+    async destroy(keepDir) {
+      redisClient.disconnect();
+      await pool.end().catch(() => undefined);
+      await Promise.all([pgProxy.close(), redisProxy.close()]);
+      await Promise.all([postgres.destroy(), redis.destroy()]);
+      if (!keepDir) rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
