@@ -226,7 +226,13 @@ class ConsumerWorkers implements PgqWorker {
         const isReplay = data.replay === true;
         if (isReplay) {
           const done = await this.store.completedAmong(this.pool, def.id, [data.id]);
-          if (done.has(data.id)) return { skipped: 'already completed per the ledger' };
+          if (done.has(data.id)) {
+            this.log.debug(
+              { notificationId: data.id, channel: data.channel, consumer: def.id, attempt },
+              'replay skipped: already completed per the ledger',
+            );
+            return { skipped: 'already completed per the ledger' };
+          }
         }
         const notification = toNotification(data, attempt, isReplay);
         const started = performance.now();
@@ -245,7 +251,21 @@ class ConsumerWorkers implements PgqWorker {
               lastError: null,
             });
           }
-          metrics?.observeJob(def.id, 'completed', (performance.now() - started) / 1000);
+          const seconds = (performance.now() - started) / 1000;
+          metrics?.observeJob(def.id, 'completed', seconds);
+          // Guarded: building the fields costs something on the hot path even when not logged.
+          if (this.log.isLevelEnabled('debug')) {
+            this.log.debug(
+              {
+                notificationId: data.id,
+                channel: data.channel,
+                consumer: def.id,
+                attempt,
+                ms: Math.round(seconds * 1000),
+              },
+              'handled',
+            );
+          }
           return result ?? null;
         } catch (error) {
           const attempts = job.opts.attempts ?? 1;
