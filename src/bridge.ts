@@ -11,13 +11,20 @@ import type { BatchEvent, Metrics } from './metrics.js';
 import type { NotificationJobData } from './notification.js';
 import { runStartupChecks } from './checks.js';
 import { PgqError } from './errors.js';
-import { closeRedis, createRedis, type RedisConnection } from './redis.js';
+import {
+  closeRedis,
+  createRedis,
+  queuePrefix,
+  type RedisConnection,
+  type RedisSettings,
+} from './redis.js';
 import { errorMessage, withTimeout } from './util.js';
 import { assertChannel } from './identifiers.js';
 
 /** Options of {@link createListener}. */
 export interface ListenerOptions {
-  settings: Pick<Settings, 'databaseUrl' | 'listenDatabaseUrl' | 'redisUrl' | 'schema' | 'prefix'>;
+  settings: Pick<Settings, 'databaseUrl' | 'listenDatabaseUrl' | 'redisUrl' | 'schema' | 'prefix'> &
+    RedisSettings;
   /** Bridge only these channels (default: all). */
   channels?: string[];
   /** Rows claimed per transaction (default 500). */
@@ -196,8 +203,8 @@ class BridgeListener extends EventEmitter implements Listener {
     this.pool.on('error', (error) =>
       this.log.warn({ err: redactSecrets(error.message) }, 'idle Postgres connection failed'),
     );
-    this.redis = createRedis(settings.redisUrl, this.log, 'listen');
-    this.queues = new QueueSet(this.redis, settings.prefix);
+    this.redis = createRedis(settings, this.log, 'listen');
+    this.queues = new QueueSet(this.redis, queuePrefix(settings));
     const leaseMs = options.wakeupLeaseMs ?? 1000;
     if (!this.channels && leaseMs > 0) {
       this.lease = new WakeupLease({ store: this.store, db: this.pool, logger: this.log, leaseMs });

@@ -16,8 +16,10 @@ export interface Settings {
   databaseUrl: string;
   /** Postgres URL for the LISTEN connection (direct, not via a transaction pooler). */
   listenDatabaseUrl: string;
-  /** Redis URL for BullMQ. */
+  /** Redis URL for BullMQ; several comma-separated node URLs mean a Redis Cluster. */
   redisUrl: string;
+  /** Treat `redisUrl` as a Redis Cluster seed even when it is one URL (`--redis-cluster`). */
+  redisCluster?: boolean;
   /** Schema holding pgq-bridge's tables and functions. */
   schema: string;
   /** BullMQ key prefix. */
@@ -74,6 +76,8 @@ export interface SettingFlags {
   databaseUrl?: string;
   listenDatabaseUrl?: string;
   redisUrl?: string;
+  /** `--redis-cluster` (a boolean flag) or env REDIS_CLUSTER (`1`, `true`, `yes`). */
+  redisCluster?: boolean | string;
   schema?: string;
   prefix?: string;
   config?: string;
@@ -95,6 +99,7 @@ const ENV_NAMES: Record<string, keyof SettingFlags> = {
   DATABASE_URL: 'databaseUrl',
   LISTEN_DATABASE_URL: 'listenDatabaseUrl',
   REDIS_URL: 'redisUrl',
+  REDIS_CLUSTER: 'redisCluster',
   PGQ_SCHEMA: 'schema',
   PGQ_PREFIX: 'prefix',
   PGQ_CONFIG: 'config',
@@ -163,6 +168,13 @@ function checkRedisUrl(value: string): void {
   }
 }
 
+function parseBoolean(setting: string, value: boolean | string | undefined): boolean {
+  if (value === undefined || typeof value === 'boolean') return value === true;
+  if (/^(1|true|yes|on)$/i.test(value)) return true;
+  if (/^(0|false|no|off)$/i.test(value)) return false;
+  throw new ConfigError(`${setting}: expected true or false, got ${JSON.stringify(value)}`);
+}
+
 /** Validates a merged settings object, naming the offending setting. */
 export function validateSettings(settings: Settings): Settings {
   checkUrl('database-url (DATABASE_URL)', settings.databaseUrl, ['postgres:', 'postgresql:']);
@@ -208,6 +220,7 @@ export async function resolveConfig(options: ResolveOptions = {}): Promise<Resol
     databaseUrl: config.databaseUrl,
     listenDatabaseUrl: config.listenDatabaseUrl,
     redisUrl: config.redisUrl,
+    redisCluster: config.redisCluster,
     schema: config.schema,
     prefix: config.prefix,
     logLevel: config.logLevel,
@@ -226,6 +239,8 @@ export async function resolveConfig(options: ResolveOptions = {}): Promise<Resol
   });
   const consumersDir =
     config.consumersDir && file ? resolve(file, '..', config.consumersDir) : config.consumersDir;
+  const cluster = parseBoolean('redis-cluster (REDIS_CLUSTER)', merged.redisCluster);
+  if (cluster) settings.redisCluster = true;
   return {
     ...settings,
     ...(config.consumers ? { consumers: config.consumers } : {}),

@@ -127,6 +127,10 @@ export async function checkEvictionPolicy(
 ): Promise<string | undefined> {
   let policy: string | undefined;
   try {
+    // A cluster knows its masters only once it has read the slot map.
+    if (redis instanceof Cluster && redis.status !== 'ready') {
+      await new Promise((resolve) => redis.once('ready', resolve));
+    }
     const nodes = redis instanceof Cluster ? redis.nodes('master') : [redis];
     const policies = await Promise.all(nodes.map((node) => policyOf(node)));
     policy = policies.find((p) => p && p !== 'noeviction') ?? policies[0];

@@ -17,13 +17,19 @@ import type { Metrics } from './metrics.js';
 import { redactSecrets, silentLogger, type Logger } from './log.js';
 import { toNotification, type NotificationJobData } from './notification.js';
 import { runStartupChecks } from './checks.js';
-import { closeRedis, createRedis, type RedisConnection } from './redis.js';
+import {
+  closeRedis,
+  createRedis,
+  queuePrefix,
+  type RedisConnection,
+  type RedisSettings,
+} from './redis.js';
 import { errorMessage, withTimeout } from './util.js';
 import { playback } from './reconcile.js';
 
 /** Options of {@link createWorker}. */
 export interface WorkerOptions {
-  settings: Pick<Settings, 'databaseUrl' | 'redisUrl' | 'schema' | 'prefix'>;
+  settings: Pick<Settings, 'databaseUrl' | 'redisUrl' | 'schema' | 'prefix'> & RedisSettings;
   consumers: ConsumerDefinition[];
   /** Overrides every consumer's `concurrency`. */
   concurrency?: number;
@@ -113,7 +119,7 @@ class ConsumerWorkers implements PgqWorker {
     this.pool.on('error', (error) =>
       this.log.warn({ err: redactSecrets(error.message) }, 'idle Postgres connection failed'),
     );
-    this.redis = createRedis(options.settings.redisUrl, this.log, 'work');
+    this.redis = createRedis(options.settings, this.log, 'work');
     this.ledger = new LedgerWriter(this.store, this.pool, this.log);
     this.recordOutcomes = options.ledger ?? true;
   }
@@ -300,7 +306,7 @@ class ConsumerWorkers implements PgqWorker {
       },
       {
         connection: this.redis,
-        prefix: this.options.settings.prefix,
+        prefix: queuePrefix(this.options.settings),
         concurrency: this.options.concurrency ?? def.concurrency ?? CONSUMER_DEFAULTS.concurrency,
         ...(def.limiter ? { limiter: def.limiter } : {}),
       },

@@ -16,6 +16,7 @@ export async function commandContext(command: Command): Promise<CommandContext> 
       databaseUrl: opts.databaseUrl,
       listenDatabaseUrl: opts.listenDatabaseUrl,
       redisUrl: opts.redisUrl,
+      redisCluster: opts.redisCluster,
       schema: opts.schema,
       prefix: opts.prefix,
       config: opts.config,

@@ -24,7 +24,8 @@ export function buildProgram(): Command {
       '--listen-database-url <url>',
       'Postgres URL for LISTEN, direct (env LISTEN_DATABASE_URL)',
     )
-    .option('--redis-url <url>', 'Redis URL (env REDIS_URL)')
+    .option('--redis-url <url>', 'Redis URL, or comma-separated cluster nodes (env REDIS_URL)')
+    .option('--redis-cluster', 'connect to a Redis Cluster through --redis-url (env REDIS_CLUSTER)')
     .option('--schema <name>', 'schema of pgq-bridge tables (env PGQ_SCHEMA)')
     .option('--prefix <prefix>', 'BullMQ key prefix (env PGQ_PREFIX)')
     .option('--config <file>', 'config file (env PGQ_CONFIG)')
