@@ -55,7 +55,13 @@ afterAll(async () => {
 });
 
 function settings() {
-  return { databaseUrl: t.databaseUrl, redisUrl: t.redisUrl, schema: t.schema, prefix: t.prefix };
+  return {
+    databaseUrl: t.databaseUrl,
+    listenDatabaseUrl: t.databaseUrl,
+    redisUrl: t.redisUrl,
+    schema: t.schema,
+    prefix: t.prefix,
+  };
 }
 
 async function startWorker(...consumers: Parameters<typeof defineConsumer>[0][]): Promise<void> {

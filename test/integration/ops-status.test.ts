@@ -41,6 +41,7 @@ describe('status', () => {
   it('reports the backlog and per-consumer figures, and exits 3 past --max-lag', async () => {
     const settings = {
       databaseUrl: t.databaseUrl,
+      listenDatabaseUrl: t.databaseUrl,
       redisUrl: t.redisUrl,
       schema: t.schema,
       prefix: t.prefix,
