@@ -13,7 +13,8 @@
  * Runs alternate (raw, bridge, raw, bridge, ...) so machine-load drift hits both alike; the
  * ratio reported is the median of the per-run ratios.
  *
- * Run: `npm run bench:drain [-- --count N] [-- --concurrency N] [-- --batch-size N] [-- --runs N]`.
+ * Run: `npm run bench:drain [-- --count N] [-- --concurrency N] [-- --batch-size N] [-- --runs N]
+ * [-- --listeners N]` (`--listeners`: that many listeners bridge side by side; default 1).
  * Everything lives in a schema and a Redis prefix named `pgqbench_drain_*`, removed at the end.
  */
 import { randomBytes } from 'node:crypto';
@@ -33,6 +34,8 @@ export interface DrainOptions {
   batchSize: number;
   /** Runs per side (alternating). */
   runs: number;
+  /** Listeners bridging side by side in the bridge run (default 1). */
+  listeners?: number;
   databaseUrl: string;
   redisUrl: string;
 }
@@ -93,7 +96,11 @@ async function clearPrefix(redis: Redis, prefix: string): Promise<void> {
 }
 
 /** Raw BullMQ: addBulk in batches + a Worker with the same concurrency. */
-async function rawRun(options: DrainOptions, redis: Redis, prefix: string): Promise<SideResult> {
+export async function rawRun(
+  options: DrainOptions,
+  redis: Redis,
+  prefix: string,
+): Promise<SideResult> {
   const { count, concurrency, batchSize } = options;
   const queue = new Queue('raw', { connection: redis, prefix });
   const finished = countdown(count);
@@ -131,7 +138,7 @@ async function rawRun(options: DrainOptions, redis: Redis, prefix: string): Prom
 }
 
 /** pgq-bridge: a stored backlog drained by createListener + createWorker. */
-async function bridgeRun(
+export async function bridgeRun(
   options: DrainOptions,
   db: pg.Pool,
   schema: string,
@@ -166,9 +173,11 @@ async function bridgeRun(
   );
   await db.query(`VACUUM ANALYZE ${s}.notifications`);
 
-  const listener = createListener({ settings, batchSize });
+  const listeners = Array.from({ length: options.listeners ?? 1 }, () =>
+    createListener({ settings, batchSize }),
+  );
   const started = performance.now();
-  await listener.start();
+  await Promise.all(listeners.map((l) => l.start()));
   await finished.done;
   const ms = performance.now() - started;
   // Not part of the figure, but reported: when the ledger had every outcome.
@@ -180,7 +189,7 @@ async function bridgeRun(
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
   const ledgerMs = performance.now() - started;
-  await listener.stop();
+  await Promise.all(listeners.map((l) => l.stop()));
   await worker.close();
   return { ms: round(ms), perSecond: round((count / ms) * 1000), ledgerMs: round(ledgerMs) };
 }
@@ -232,7 +241,7 @@ function flag(args: string[], name: string, fallback: number): number {
 }
 
 function printTable(result: DrainResult): void {
-  const { count, concurrency, batchSize } = result.options;
+  const { count, concurrency, batchSize, listeners } = result.options;
   const rows = result.runs.map((r, i) => [
     String(i + 1),
     `${r.raw.perSecond}`,
@@ -256,7 +265,8 @@ function printTable(result: DrainResult): void {
   const line = (cells: string[]): string =>
     cells.map((cell, c) => cell.padStart(widths[c])).join('  ');
   console.log(
-    `drain of ${count} notifications, concurrency ${concurrency}, batch size ${batchSize}`,
+    `drain of ${count} notifications, concurrency ${concurrency}, batch size ${batchSize}, ` +
+      `${listeners ?? 1} listener(s)`,
   );
   console.log(line(head));
   for (const row of rows) console.log(line(row));
@@ -273,6 +283,7 @@ async function main(): Promise<void> {
     concurrency: flag(args, 'concurrency', 50),
     batchSize: flag(args, 'batch-size', 500),
     runs: flag(args, 'runs', 3),
+    listeners: flag(args, 'listeners', 1),
     databaseUrl: process.env.DATABASE_URL ?? 'postgres://postgres@localhost:5432/postgres',
     redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
   });
