@@ -257,6 +257,27 @@ async function withoutDoneOrQueued(
   return out;
 }
 
+/** Jobs per `addBulk` call; see {@link addInChunks}. */
+const ADD_CHUNK = 100;
+
+/**
+ * Adds the planned jobs in `addBulk` calls of {@link ADD_CHUNK}, one after another: each call is
+ * one MULTI that Redis runs without serving anyone else, so small calls keep the workers'
+ * commands (and a live listener's batches) flowing while reconcile adds a million jobs; the cost
+ * is a few sub-millisecond round trips per batch. Returns the number of jobs added.
+ */
+async function addInChunks(d: ReconcileDeps, plan: Map<string, PlannedJob[]>): Promise<number> {
+  let count = 0;
+  for (const [consumerId, jobs] of plan) {
+    const queue = d.queues.get(consumerId);
+    for (let i = 0; i < jobs.length; i += ADD_CHUNK) {
+      await queue.addBulk(jobs.slice(i, i + ADD_CHUNK));
+    }
+    count += jobs.length;
+  }
+  return count;
+}
+
 function countJobs(plan: Map<string, PlannedJob[]>): number {
   let n = 0;
   for (const jobs of plan.values()) n += jobs.length;
@@ -310,7 +331,7 @@ async function bridgeBatch(
         batch,
       );
       batch.enqueued = await withTimeout(
-        d.queues.addAll(plan),
+        addInChunks(d, plan),
         REDIS_STEP_TIMEOUT_MS,
         'Redis did not accept the batch in time',
       );
@@ -455,7 +476,7 @@ async function scanOwed(
       c.enqueued += d.dryRun
         ? countJobs(plan)
         : await withTimeout(
-            d.queues.addAll(plan),
+            addInChunks(d, plan),
             REDIS_STEP_TIMEOUT_MS,
             'Redis did not accept the batch in time',
           );
