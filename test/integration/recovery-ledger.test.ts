@@ -2,6 +2,7 @@
  * Issue 3, delivery ledger: outcomes are written in batches; one outcome Postgres refuses (bad
  * data) must not block the others forever, and an error message with NUL characters is stored.
  */
+import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate } from '../../src/index.js';
 import { Store } from '../../src/db/store.js';
@@ -25,7 +26,12 @@ describe('LedgerWriter', () => {
     const logged: string[] = [];
     const log = createLogger({
       level: 'error',
-      destination: { write: (line: string) => logged.push(line) } as NodeJS.WritableStream,
+      destination: new Writable({
+        write(chunk: Buffer, _encoding, done) {
+          logged.push(chunk.toString());
+          done();
+        },
+      }),
     });
     const ledger = new LedgerWriter(new Store(t.schema), t.pool, log, 10_000, 1000);
     ledger.record({
