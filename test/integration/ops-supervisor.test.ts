@@ -80,6 +80,11 @@ export default defineConsumer({ id: 'sup', channels: ['sup'], concurrency: 2,
 
     // A handler that exits its process: the job comes back after the stalled-job check.
     const [crashId] = await sendMany(t, 'sup', 1, () => ({ crash: true }));
+    // Sent once that process is gone, so no other job was in flight in it: a job in flight in a
+    // dying process runs again after the stalled check (at least once), which is not tested here.
+    await waitFor(() => logsWith(work, 'worker process crashed; restarting').length === 2, {
+      message: 'the handler exited its process',
+    });
     const later = await sendMany(t, 'sup', 10);
     await waitFor(async () => (await ranCounts(t, 'done')).size === 21, {
       timeoutMs: 90_000,
