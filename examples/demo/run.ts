@@ -80,13 +80,42 @@ function pgqBridge(args: string[]): Promise<void> {
   });
 }
 
+/** Services still running; killed if the demo itself dies without stopping them. */
+const services = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of services) child.kill('SIGKILL');
+});
+
+/** Set by Ctrl-C / SIGTERM: the demo stops its services and exits. */
+const interrupted = new AbortController();
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => interrupted.abort());
+}
+
+/** Sleeps `ms`, or less when interrupted. */
+function pause(ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      interrupted.signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    interrupted.signal.addEventListener('abort', done, { once: true });
+  });
+}
+
 /** A long-running pgq-bridge command, resolved once a line matches `ready`. */
 function startService(args: string[], ready: RegExp, readyCount = 1): Promise<ChildProcess> {
   return new Promise((resolve, reject) => {
+    // Own process group: Ctrl-C reaches only the demo, which then stops the services gracefully.
     const child = spawn(process.execPath, [cli, ...args], {
       env,
       stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
     });
+    services.add(child);
+    child.once('exit', () => services.delete(child));
     let seen = 0;
     relay(child, args[0], (line) => {
       if (ready.test(line) && ++seen === readyCount) resolve(child);
@@ -233,15 +262,13 @@ async function main(): Promise<number> {
           break;
         }
         if (Date.now() > deadline) throw new Error(`timed out: ${state}`);
-        await new Promise((resolve) => setTimeout(resolve, 200));
+        if (interrupted.signal.aborted) throw new Error(`interrupted: ${state}`);
+        await pause(200);
       }
       if (flags.once) return 0;
     }
     say(`now change ${schema}.users yourself (psql) and watch the consumers; Ctrl-C to stop`);
-    await new Promise<void>((resolve) => {
-      process.once('SIGINT', () => resolve());
-      process.once('SIGTERM', () => resolve());
-    });
+    while (!interrupted.signal.aborted) await pause(60_000);
     return 0;
   } catch (error) {
     say(`failed: ${error instanceof Error ? error.message : String(error)}`);
