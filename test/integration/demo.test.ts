@@ -31,12 +31,17 @@ function runDemo(
     let out = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
-    const timer = setTimeout(() => {
+    const signal = (name: NodeJS.Signals): void => {
       try {
-        process.kill(-child.pid!, 'SIGKILL');
+        process.kill(-child.pid!, name);
       } catch {
         // already gone
       }
+    };
+    const timer = setTimeout(() => {
+      // SIGTERM first: the demo then stops the listen/work processes it started.
+      signal('SIGTERM');
+      setTimeout(() => signal('SIGKILL'), 10_000).unref();
       reject(new Error(`npm run demo did not exit within ${timeoutMs} ms:\n${out.slice(-4000)}`));
     }, timeoutMs);
     child.once('error', reject);
