@@ -59,6 +59,12 @@ export interface ChaosOptions {
   until: number;
   /** Pause between two faults, in ms: uniform in [min, max]. */
   gapMs: [number, number];
+  /**
+   * Whether the bridge has recovered from every fault so far. Before its pause, the driver waits
+   * for it up to `settleMs`, so that most recoveries are measured one fault at a time.
+   */
+  isSettled(): boolean;
+  settleMs: number;
   /** Called when a fault is over. */
   onFault(fault: Fault): void;
   log(message: string): void;
@@ -152,6 +158,8 @@ export async function runChaos(options: ChaosOptions): Promise<Fault[]> {
   const faults: Fault[] = [];
   let round: FaultKind[] = [];
   for (;;) {
+    const settleBy = Math.min(Date.now() + options.settleMs, options.until);
+    while (!options.isSettled() && Date.now() < settleBy) await sleep(250);
     const gap = between(options.gapMs[0], options.gapMs[1]);
     if (Date.now() + gap >= options.until) break;
     await sleep(gap);

@@ -24,6 +24,11 @@ export interface Recovery {
   drainedAfterS?: number;
   /** Pairs ≤ lastIdAtEnd parked (job lost or failed) when it drained. */
   parkedAtDrain?: number;
+  /**
+   * An earlier fault had not drained yet when this one started: its drain time then covers both
+   * (the monitor cannot tell whose pending pair it is).
+   */
+  overlapped: boolean;
 }
 
 /** A (consumer, notification) the monitor found without a handling and without a live job. */
@@ -76,7 +81,11 @@ export class RecoveryMonitor {
 
   /** Starts measuring the recovery from `fault` (call when it is over). */
   async track(fault: Fault): Promise<void> {
-    const recovery: Recovery = { fault, lastIdAtEnd: undefined };
+    const overlapped = this.recoveries.some(
+      (r) =>
+        r.drainedAfterS === undefined || r.fault.endedAt + r.drainedAfterS * 1000 > fault.startedAt,
+    );
+    const recovery: Recovery = { fault, lastIdAtEnd: undefined, overlapped };
     this.recoveries.push(recovery);
     for (let i = 0; i < 20 && recovery.lastIdAtEnd === undefined; i++) {
       try {
@@ -88,6 +97,11 @@ export class RecoveryMonitor {
         await new Promise((resolve) => setTimeout(resolve, 250));
       }
     }
+  }
+
+  /** Whether every fault tracked so far has drained. */
+  settled(): boolean {
+    return this.recoveries.every((r) => r.drainedAfterS !== undefined);
   }
 
   /** Parked pairs by reason. */

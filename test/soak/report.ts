@@ -10,8 +10,15 @@ export interface KindSummary {
   injected: number;
   /** Longest time from a fault's end to the first new handling, in s. */
   maxFlowingAfterS: number | null;
-  /** Longest time from a fault's end until what was owed before it was handled or parked, in s. */
+  /**
+   * Longest time from a fault's end until what was owed before it was handled or parked, in s,
+   * over the faults that did not start while an earlier one was still draining.
+   */
   maxDrainedAfterS: number | null;
+  /** The same over every fault of the kind, overlapped ones included. */
+  maxDrainedAnyS: number | null;
+  /** Faults that started while an earlier one was still draining. */
+  overlapped: number;
   /** Faults whose drain was not observed before the chaos ended (measured until the end). */
   notDrained: number;
 }
@@ -25,12 +32,17 @@ export function summarizeKinds(recoveries: Recovery[]): KindSummary[] {
   return FAULT_KINDS.map((kind) => {
     const mine = recoveries.filter((r) => r.fault.kind === kind);
     const flowing = mine.flatMap((r) => (r.flowingAfterS === undefined ? [] : [r.flowingAfterS]));
-    const drained = mine.flatMap((r) => (r.drainedAfterS === undefined ? [] : [r.drainedAfterS]));
+    const drainedOf = (list: Recovery[]) =>
+      list.flatMap((r) => (r.drainedAfterS === undefined ? [] : [r.drainedAfterS]));
+    const drained = drainedOf(mine);
+    const clean = drainedOf(mine.filter((r) => !r.overlapped));
     return {
       kind,
       injected: mine.length,
       maxFlowingAfterS: flowing.length ? Math.max(...flowing) : null,
-      maxDrainedAfterS: drained.length ? Math.max(...drained) : null,
+      maxDrainedAfterS: clean.length ? Math.max(...clean) : null,
+      maxDrainedAnyS: drained.length ? Math.max(...drained) : null,
+      overlapped: mine.filter((r) => r.overlapped).length,
       notDrained: mine.length - drained.length,
     };
   });
@@ -83,17 +95,25 @@ export function formatReport(input: {
       `  ${String(i + 1).padStart(3)} ${started} ${r.fault.kind.padEnd(18)} ` +
         `${((r.fault.endedAt - r.fault.startedAt) / 1000).toFixed(1).padStart(5)} s  ` +
         `flowing ${fmt(r.flowingAfterS).padStart(7)}  drained ${fmt(r.drainedAfterS).padStart(7)}` +
+        (r.overlapped ? '*' : ' ') +
         (r.parkedAtDrain ? ` (${r.parkedAtDrain} parked for the final reconcile)` : '') +
         `  ${r.fault.detail}`,
     );
   });
   lines.push('');
-  lines.push('per kind: injected, longest time to first new handling, longest time to drained:');
+  lines.push(
+    '  (* = started while an earlier fault was still draining: the drain time covers both)',
+  );
+  lines.push('');
+  lines.push(
+    'per kind: injected, longest time to first new handling, longest time to drained ' +
+      '(faults on their own; in brackets: all, with overlapped ones):',
+  );
   for (const k of input.kinds) {
     lines.push(
       `  ${k.kind.padEnd(18)} ${String(k.injected).padStart(3)}  flowing ${fmt(k.maxFlowingAfterS).padStart(7)}  ` +
-        `drained ${fmt(k.maxDrainedAfterS).padStart(7)}` +
-        (k.notDrained ? `  (${k.notDrained} not drained before the end of the chaos)` : ''),
+        `drained ${fmt(k.maxDrainedAfterS).padStart(7)} [${fmt(k.maxDrainedAnyS)}, ${k.overlapped} overlapped]` +
+        (k.notDrained ? `  (${k.notDrained} not drained when the chaos ended)` : ''),
     );
   }
   lines.push('');

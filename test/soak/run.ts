@@ -15,7 +15,8 @@
  * handlers, or on a bridge process that died by itself. Never touches the servers on 5432/6379.
  *
  * Options: --minutes N, --writers N (8), --rate N (commits/s in all, 80), --listeners N (2),
- * --workers N (2), --gap-min S / --gap-max S (pause between faults, 6 / 14), --keep (keep the
+ * --workers N (2), --gap-min S / --gap-max S (pause between faults, 4 / 10), --settle S (before
+ * that pause, wait up to S s (25) for the bridge to recover from the last fault), --keep (keep the
  * working dir .tmp/soak-<id> with the processes' logs even on success), --json FILE.
  */
 import { randomBytes } from 'node:crypto';
@@ -40,8 +41,9 @@ const { values: args } = parseArgs({
     rate: { type: 'string', default: '80' },
     listeners: { type: 'string', default: '2' },
     workers: { type: 'string', default: '2' },
-    'gap-min': { type: 'string', default: '6' },
-    'gap-max': { type: 'string', default: '14' },
+    'gap-min': { type: 'string', default: '4' },
+    'gap-max': { type: 'string', default: '10' },
+    settle: { type: 'string', default: '25' },
     keep: { type: 'boolean', default: false },
     json: { type: 'string' },
   },
@@ -67,6 +69,8 @@ const gapMs: [number, number] = [
   positive('gap-min', args['gap-min']) * 1000,
   positive('gap-max', args['gap-max']) * 1000,
 ];
+
+const settleS = positive('settle', args.settle);
 
 const started = Date.now();
 function log(message: string): void {
@@ -196,6 +200,8 @@ async function main(): Promise<number> {
       processes,
       until: chaosEnd,
       gapMs,
+      isSettled: () => monitor.settled(),
+      settleMs: settleS * 1000,
       onFault: (fault) => void monitor.track(fault),
       log,
     });
