@@ -8,6 +8,7 @@ import {
   defineChannel,
   defineConsumer,
   type Channel,
+  type ConsumerDefinition,
   type StandardSchemaV1,
 } from '../../src/index.js';
 
@@ -75,6 +76,9 @@ export const explicit = defineConsumer<Order>({
     return n.payload.total;
   },
 });
+
+// Typed consumers still go wherever consumer definitions go (config files, createWorker).
+export const all: ConsumerDefinition[] = [billing, raw, ledger, explicit];
 
 // Validators give the payload type without a type argument.
 const fromFunction = defineChannel('checked', {
