@@ -230,7 +230,10 @@ class ConsumerWorkers implements PgqWorker {
         }
         const attempt = job.attemptsMade + 1;
         const isReplay = data.replay === true;
-        if (isReplay) {
+        // Started more often than it failed: a worker died mid-run and BullMQ's stalled-job
+        // recovery restarted it. Its handler may have finished already: the ledger knows.
+        const restarted = job.attemptsStarted > attempt;
+        if (isReplay || restarted) {
           const done = await this.store.completedAmong(this.pool, def.id, [data.id]);
           if (done.has(data.id)) {
             this.log.debug(

@@ -72,6 +72,11 @@ export function registerListen(program: Command): void {
         pollIntervalMs: Math.max(50, (opts.pollInterval ?? 5) * 1000),
         logger: log,
       });
+      // Signal handlers go in before start(): a SIGTERM during start-up must stop gracefully too.
+      const stopped = runUntilSignal(log, async () => {
+        await listener.stop();
+        await served.stop();
+      });
       await listener.start();
       log.info(
         { schema: config.schema, prefix: config.prefix, channels: opts.channels ?? 'all' },
@@ -80,10 +85,7 @@ export function registerListen(program: Command): void {
       // A listener that refuses to run (LISTEN through a transaction pooler) ends the command.
       const refused = new Promise<never>((_, reject) => listener.once('error', reject));
       process.exitCode = await Promise.race([
-        runUntilSignal(log, async () => {
-          await listener.stop();
-          await served.stop();
-        }),
+        stopped,
         refused.catch(async (error: unknown) => {
           await served.stop();
           throw error;
