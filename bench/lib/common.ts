@@ -252,6 +252,7 @@ export function printTable(title: string, rows: Row[]): void {
 
 function formatNumber(v: number): string {
   if (!Number.isFinite(v)) return '-';
+  if (Number.isInteger(v)) return String(v);
   if (Math.abs(v) >= 100) return String(Math.round(v));
   if (Math.abs(v) >= 10) return v.toFixed(1);
   return v.toFixed(2);
