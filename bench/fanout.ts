@@ -5,7 +5,8 @@
  *
  * Run: `npm run bench:fanout [-- --quick]` (1, 4 and 16 consumers on one channel).
  */
-import { createListener, createWorker, migrate, type ConsumerDefinition } from 'pgq-bridge';
+import * as pgqBridge from 'pgq-bridge';
+import type { ConsumerDefinition } from 'pgq-bridge';
 import {
   DATABASE_URL,
   REDIS_URL,
@@ -50,8 +51,13 @@ export interface BridgeDrain {
 export async function drainBridge(
   count: number,
   consumers: DrainConsumer[],
-  options: { batchSize?: number } = {},
+  options: {
+    batchSize?: number;
+    /** Another build of pgq-bridge (bench/ab.ts compares two); default: this package. */
+    lib?: typeof pgqBridge;
+  } = {},
 ): Promise<BridgeDrain> {
+  const { createListener, createWorker, migrate } = options.lib ?? pgqBridge;
   const db = benchPool(2);
   const redis = benchRedis();
   const settings = {

@@ -178,6 +178,7 @@ class BridgeListener extends EventEmitter implements Listener {
   private wakePending = true;
   private wakeWaiter: (() => void) | undefined;
   private loop: Promise<void> | undefined;
+  private secondLane: Promise<void> | undefined;
   private stopping: Promise<void> | undefined;
   private readonly lease: WakeupLease | undefined;
 
@@ -194,7 +195,8 @@ class BridgeListener extends EventEmitter implements Listener {
     this.channels = options.channels?.length ? options.channels : null;
     this.pool = new pg.Pool({
       connectionString: settings.databaseUrl,
-      max: 2,
+      // Two batch lanes (see startSecondLane) and the wake-up lease / self-test statements.
+      max: 3,
       connectionTimeoutMillis: 10_000,
       application_name: 'pgq-bridge listen',
       // Backstop: if this process stalls mid-batch, Postgres ends the transaction and frees the rows.
@@ -262,6 +264,7 @@ class BridgeListener extends EventEmitter implements Listener {
     this.abort.abort();
     this.wakeWaiter?.();
     await this.loop;
+    await this.secondLane;
     await this.wakeups.stop();
     // Writers resume sending NOTIFY at once, so another listener wakes without waiting a lease out.
     await this.lease?.release();
@@ -338,7 +341,10 @@ class BridgeListener extends EventEmitter implements Listener {
         // After recovering from a failure, sweep again at once: anything may have piled up.
         if (failed) this.wakePending = true;
         await this.lease?.afterBatch(bridged);
-        if (bridged >= this.batchSize) continue;
+        if (bridged >= this.batchSize) {
+          this.startSecondLane();
+          continue;
+        }
         await this.waitForWake(this.lease ? this.lease.nextWaitMs(pollMs) : pollMs);
       }
     } catch (error) {
@@ -347,6 +353,26 @@ class BridgeListener extends EventEmitter implements Listener {
         throw error;
       }
     }
+  }
+
+  /**
+   * While there is a backlog (full batches), a second lane claims the next rows (SKIP LOCKED skips
+   * the first lane's) while the first lane's jobs travel to Redis, so Postgres and Redis work at
+   * the same time instead of taking turns. It stops at the first batch that is not full, or at a
+   * failure, which it leaves to the main loop's retries.
+   */
+  private startSecondLane(): void {
+    if (this.secondLane || this.abort.signal.aborted) return;
+    this.secondLane = (async () => {
+      try {
+        while (!this.abort.signal.aborted && (await this.bridgeOnce()) >= this.batchSize);
+      } catch (error) {
+        this.stats.errors++;
+        this.log.debug({ err: redactSecrets(errorMessage(error)) }, 'second batch lane stopped');
+      } finally {
+        this.secondLane = undefined;
+      }
+    })();
   }
 
   /**
@@ -364,9 +390,12 @@ class BridgeListener extends EventEmitter implements Listener {
     };
     client.on('error', onError);
     try {
-      await client.query('BEGIN');
-      const subscriptions = await this.store.readSubscriptionsLocked(client);
-      const rows = await this.store.claimBatch(client, this.batchSize, this.channels, this.minId);
+      const { subscriptions, rows } = await this.store.beginClaim(
+        client,
+        this.batchSize,
+        this.channels,
+        this.minId,
+      );
       if (rows.length > 0) {
         const started = Date.now();
         const plan = planJobs(rows, subscriptions);

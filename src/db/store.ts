@@ -1,4 +1,4 @@
-import type pg from 'pg';
+import pg from 'pg';
 import { quoteIdent } from '../identifiers.js';
 
 /** Anything that can run a query: a pg Pool, Client or PoolClient. */
@@ -87,12 +87,14 @@ export class Store {
 
   /** Every subscription with its consumer's job settings. */
   async readSubscriptions(db: Queryable): Promise<SubscriptionRow[]> {
-    const res = await db.query<SubscriptionRow>(
-      `SELECT s.consumer_id, s.channel, s.after_id, c.job_options, c.batch
-         FROM ${this.s}.subscriptions s JOIN ${this.s}.consumers c ON c.id = s.consumer_id
-        ORDER BY s.consumer_id, s.channel`,
-    );
+    const res = await db.query<SubscriptionRow>(this.subscriptionsSql());
     return res.rows;
+  }
+
+  private subscriptionsSql(): string {
+    return `SELECT s.consumer_id, s.channel, s.after_id, c.job_options, c.batch
+         FROM ${this.s}.subscriptions s JOIN ${this.s}.consumers c ON c.id = s.consumer_id
+        ORDER BY s.consumer_id, s.channel`;
   }
 
   /**
@@ -106,23 +108,68 @@ export class Store {
     channels: string[] | null,
     minIdExclusive: string | null,
   ): Promise<NotificationRow[]> {
-    const res = await db.query<NotificationRow>(
-      // ANY(ARRAY(...)) makes the claimed ids an InitPlan probed through the primary key. A join
-      // with the subquery lets the planner hash-join a sequential scan of the whole table, so
-      // every batch cost grew with the table size (15 ms vs 3 ms per 500 rows at 50k rows).
-      `UPDATE ${this.s}.notifications n SET bridged_at = clock_timestamp()
+    const res = await db.query<NotificationRow>(this.claimSql('$1', '$2', '$3'), [
+      limit,
+      channels,
+      minIdExclusive,
+    ]);
+    return res.rows;
+  }
+
+  /** The claim statement; the arguments are SQL expressions (parameters or literals). */
+  private claimSql(limit: string, channels: string, minIdExclusive: string): string {
+    // ANY(ARRAY(...)) makes the claimed ids an InitPlan probed through the primary key. A join
+    // with the subquery lets the planner hash-join a sequential scan of the whole table, so
+    // every batch cost grew with the table size (15 ms vs 3 ms per 500 rows at 50k rows).
+    return `UPDATE ${this.s}.notifications n SET bridged_at = clock_timestamp()
         WHERE n.id = ANY(ARRAY(
                SELECT id FROM ${this.s}.notifications
                 WHERE bridged_at IS NULL
-                  AND ($2::text[] IS NULL OR channel = ANY($2))
-                  AND ($3::bigint IS NULL OR id > $3)
-                ORDER BY id LIMIT $1
+                  AND (${channels}::text[] IS NULL OR channel = ANY(${channels}::text[]))
+                  AND (${minIdExclusive}::bigint IS NULL OR id > ${minIdExclusive}::bigint)
+                ORDER BY id LIMIT ${limit}
                 FOR UPDATE SKIP LOCKED))
         RETURNING n.id, n.channel, n.payload::text AS payload, n.context::text AS context,
-                  n.created_at`,
-      [limit, channels, minIdExclusive],
-    );
-    return res.rows;
+                  n.created_at`;
+  }
+
+  /**
+   * The start of a bridge batch in one round trip instead of four: BEGIN, asynchronous commit for
+   * this transaction, the shared subscriptions lock and the subscriptions
+   * ({@link readSubscriptionsLocked}), and the claim ({@link claimBatch}). The caller adds the
+   * jobs, then COMMITs (or ROLLBACKs). Sent as one simple-protocol query, so the values are
+   * inlined as escaped literals.
+   *
+   * Why asynchronous commit is safe here: Redis already holds the batch's jobs when COMMIT runs.
+   * If Postgres crashes before the commit reaches disk, the rows are unbridged again and the next
+   * claim adds the same job ids, which BullMQ ignores; the commit no longer waits for a WAL flush
+   * (and stops competing with the writers' own flushes).
+   */
+  async beginClaim(
+    client: pg.PoolClient | pg.Client,
+    limit: number,
+    channels: string[] | null,
+    minIdExclusive: string | null,
+  ): Promise<{ subscriptions: SubscriptionRow[]; rows: NotificationRow[] }> {
+    if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`bad claim limit ${limit}`);
+    if (minIdExclusive !== null && !/^\d+$/.test(minIdExclusive)) {
+      throw new RangeError(`bad notification id ${minIdExclusive}`);
+    }
+    const channelList =
+      channels === null ? 'NULL' : `ARRAY[${channels.map((c) => pg.escapeLiteral(c)).join(',')}]`;
+    const results = (await client.query(
+      [
+        'BEGIN',
+        'SET LOCAL synchronous_commit = off',
+        `SELECT pg_advisory_xact_lock_shared(hashtextextended(${pg.escapeLiteral(this.subscriptionsLockKey)}, 0))`,
+        this.subscriptionsSql(),
+        this.claimSql(String(limit), channelList, minIdExclusive ?? 'NULL'),
+      ].join(';\n'),
+    )) as unknown as pg.QueryResult[];
+    return {
+      subscriptions: results[3].rows as SubscriptionRow[],
+      rows: results[4].rows as NotificationRow[],
+    };
   }
 
   /**
