@@ -23,8 +23,10 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import type pg from 'pg';
+import { Queue } from 'bullmq';
 import { createListener, createWorker, defineConsumer, migrate } from 'pgq-bridge';
 import {
   DATABASE_URL,
@@ -64,12 +66,16 @@ export interface ReconcileFigure {
   /** Wall time of the whole child process, node start-up included. */
   wallMs: number;
   peakRssMb: number;
+  /** 1-minute load average at the end (the machine is shared: figures move with it). */
+  load1: number;
 }
 
 /** What {@link benchReconcile} measured. */
 export interface ReconcileBenchResult {
   options: ReconcileBenchOptions;
   reconcile: ReconcileFigure[];
+  /** Raw BullMQ addBulk of the same jobs, batches of 1000, in this process: the ceiling. */
+  rawAddBulk: { jobs: number; jobsPerSecond: number };
   drain: {
     withLedger: number[];
     withoutLedger: number[];
@@ -79,6 +85,14 @@ export interface ReconcileBenchResult {
 }
 
 const TIME_BIN = '/usr/bin/time';
+
+/** pgq-bridge's default job options (see consumers.ts), as a registered consumer stores them. */
+const JOB_OPTIONS = {
+  attempts: 5,
+  backoff: { type: 'exponential', delay: 1000 },
+  removeOnComplete: { age: 86400, count: 10000 },
+  removeOnFail: false,
+};
 
 /** Runs the CLI in a child, measuring its peak RSS; resolves with its summary and figures. */
 async function runReconcileCli(
@@ -136,11 +150,38 @@ async function measure(
     rowsPerSecond: round((rows / summary.durationMs) * 1000),
     wallMs,
     peakRssMb,
+    load1: round(loadavg()[0], 1),
   };
   console.log(
     `  ${name}: ${figure.rowsPerSecond} rows/s, ${figure.enqueued} enqueued, peak RSS ${peakRssMb} MB`,
   );
   return figure;
+}
+
+/** Raw BullMQ: addBulk of `count` jobs shaped like reconcile's, batches of 1000; jobs/s. */
+async function rawAddBulk(prefix: string, count: number): Promise<number> {
+  const redis = benchRedis();
+  const queue = new Queue('raw', { connection: redis, prefix });
+  const createdAt = new Date().toISOString();
+  const started = performance.now();
+  for (let from = 1; from <= count; from += 1000) {
+    const jobs = [];
+    for (let id = from; id < from + 1000 && id <= count; id++) {
+      const payload = `{"i": ${id}, "note": "order placed"}`;
+      const data = { id: String(id), channel: 'bench', payload, context: null, createdAt };
+      jobs.push({
+        name: 'bench',
+        data: { ...data, replay: true },
+        opts: { ...JOB_OPTIONS, jobId: `n${id}` },
+      });
+    }
+    await queue.addBulk(jobs);
+  }
+  const rate = round((count / (performance.now() - started)) * 1000);
+  await queue.obliterate({ force: true });
+  await queue.close();
+  redis.disconnect();
+  return rate;
 }
 
 /** One drain of `count` stored rows; resolves with notifications per second. */
@@ -211,6 +252,7 @@ export async function benchReconcile(
   const redis = benchRedis();
   const env = cliEnv(schema, prefix);
   const figures: ReconcileFigure[] = [];
+  const raw = { jobs: 0, jobsPerSecond: NaN };
   const withLedger: number[] = [];
   const withoutLedger: number[] = [];
   const s = `"${schema}"`;
@@ -219,12 +261,7 @@ export async function benchReconcile(
     const { rows, batchSize } = options;
     console.log(`storing ${rows} notifications ...`);
     await db.query(`INSERT INTO ${s}.consumers (id, job_options) VALUES ('bench', $1)`, [
-      JSON.stringify({
-        attempts: 5,
-        backoff: { type: 'exponential', delay: 1000 },
-        removeOnComplete: { age: 86400, count: 10000 },
-        removeOnFail: false,
-      }),
+      JSON.stringify(JOB_OPTIONS),
     ]);
     await db.query(
       `INSERT INTO ${s}.subscriptions (consumer_id, channel, after_id) VALUES ('bench', 'bench', 0)`,
@@ -242,6 +279,10 @@ export async function benchReconcile(
     await clearPrefix(redis, prefix);
     figures.push(await measure('verify, Redis wiped', ['--verify', ...batch], rows, env));
     await clearPrefix(redis, prefix);
+    const ceilingJobs = Math.min(rows, 200_000);
+    raw.jobsPerSecond = await rawAddBulk(prefix, ceilingJobs);
+    raw.jobs = ceilingJobs;
+    console.log(`  raw BullMQ addBulk (ceiling): ${raw.jobsPerSecond} jobs/s`);
     await db.query(`TRUNCATE ${s}.notifications, ${s}.deliveries, ${s}.subscriptions CASCADE`);
     await db.query(`DELETE FROM ${s}.consumers`);
 
@@ -267,6 +308,7 @@ export async function benchReconcile(
   return {
     options,
     reconcile: figures,
+    rawAddBulk: raw,
     drain: {
       withLedger,
       withoutLedger,
@@ -308,7 +350,11 @@ if (isMain(import.meta.url)) {
       's (command)': round(f.ms / 1000, 1),
       's (wall)': round(f.wallMs / 1000, 1),
       'peak RSS MB': f.peakRssMb,
+      load: f.load1,
     })),
+  );
+  console.log(
+    `raw BullMQ addBulk of the same jobs (${result.rawAddBulk.jobs}, batches of 1000): ${result.rawAddBulk.jobsPerSecond} jobs/s`,
   );
   printTable(`drain of ${options.drain} notifications (median of ${options.runs} runs)`, [
     { ledger: 'on', 'notifications/s': result.drain.median.withLedger },

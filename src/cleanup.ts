@@ -79,6 +79,7 @@ export async function cleanup(options: CleanupOptions): Promise<CleanupResult> {
       await client.query('BEGIN');
       let batch;
       try {
+        await recovery.relaxCommit(client);
         // Shared subscriptions lock: a consumer registering now waits for this batch, so the
         // "every owed consumer completed" check cannot race a new subscription.
         if (!dryRun) await store.readSubscriptionsLocked(client);
@@ -100,7 +101,7 @@ export async function cleanup(options: CleanupOptions): Promise<CleanupResult> {
       totals.deleted += batch.deleted;
       totals.ledgerRowsDeleted += batch.ledgerRows;
       log.debug({ ...batch, dryRun }, 'cleanup batch');
-      if (batch.scanned < batchSize) break;
+      if (batch.pageRows < batchSize) break;
     }
     const result: CleanupResult = {
       ...totals,

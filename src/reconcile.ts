@@ -316,6 +316,7 @@ async function bridgeBatch(
   let broken: Error | undefined;
   try {
     await client.query('BEGIN');
+    await d.recovery.relaxCommit(client);
     const subscriptions = await d.store.readSubscriptionsLocked(client);
     const rows = await d.recovery.claimUnbridged(client, d.batchSize, scope.channels, scope.since);
     const batch = emptyCounts();

@@ -32,6 +32,8 @@ export interface FailedDelivery {
 export interface CleanupBatch {
   /** Highest id of the page (the next page starts after it), or null when the page was empty. */
   lastId: string | null;
+  /** Rows in the page (old rows, bridged or not): fewer than the limit means the end. */
+  pageRows: number;
   /** Old bridged rows examined. */
   scanned: number;
   /** Rows deleted (or that would be, in a dry run). */
@@ -50,6 +52,16 @@ export class RecoveryStore {
 
   constructor(readonly schema: string) {
     this.s = quoteIdent(schema);
+  }
+
+  /**
+   * Inside a reconcile or cleanup transaction: COMMIT returns without waiting for the WAL flush.
+   * If the server crashes before the flush, the transaction is lost as if it never ran: rows
+   * stay unbridged (their jobs are added again with the same ids on the next run) or stay
+   * undeleted. Both are safe to redo, so a disk flush per batch buys nothing here.
+   */
+  async relaxCommit(db: Queryable): Promise<void> {
+    await db.query(`SET LOCAL synchronous_commit = off`);
   }
 
   /** Registered consumer ids, to validate `--consumers`. */
@@ -133,11 +145,17 @@ export class RecoveryStore {
   }
 
   /**
-   * One page of bridged rows in `(afterId, throughId]` (throughId null: no end) of `channels`,
-   * joined with the selected consumers owed them and the ledger's outcome. With `verify` false
-   * only playback pairs qualify: rows bridged before the subscription existed, within its
-   * playback range. The bridged_at / subscribed_at comparison stays in SQL (microseconds).
-   * Every row of the page appears at least once (consumer_id null when nobody qualifies).
+   * One page of rows in `(afterId, throughId]` (throughId null: no end) of `channels`, joined with
+   * the selected consumers owed them and the ledger's outcome. Only bridged rows can be owed here
+   * (unbridged ones are the claim's business). With `verify` false only playback pairs qualify:
+   * rows bridged before the subscription existed, within its playback range. The bridged_at /
+   * subscribed_at comparison stays in SQL (microseconds). Every row of the page appears at least
+   * once (consumer_id null when nobody qualifies), so the caller's keyset moves on.
+   *
+   * Written for plans that do not depend on fresh statistics (reconcile often runs right after a
+   * mass change, before autovacuum analyzed anything): the page is a plain primary-key range with
+   * no filter on bridged_at (whose stale estimate made the planner choose parallel full scans),
+   * and the ledger lookup is a scalar subquery on the full primary key of deliveries.
    */
   async owedPage(
     db: Queryable,
@@ -152,18 +170,19 @@ export class RecoveryStore {
     },
   ): Promise<OwedPair[]> {
     const res = await db.query<OwedPair>(
-      `SELECT p.id::text, p.channel, s.consumer_id, d.status
+      `SELECT p.id::text, p.channel, s.consumer_id,
+              (SELECT d.status FROM ${this.s}.deliveries d
+                WHERE d.consumer_id = s.consumer_id AND d.notification_id = p.id) AS status
          FROM (SELECT id, channel, bridged_at FROM ${this.s}.notifications
                 WHERE id > $1 AND ($2::bigint IS NULL OR id <= $2)
-                  AND channel = ANY($4::text[]) AND bridged_at IS NOT NULL
+                  AND channel = ANY($4::text[])
                   AND ($6::timestamptz IS NULL OR created_at >= $6)
                 ORDER BY id LIMIT $3) p
          LEFT JOIN ${this.s}.subscriptions s
-                ON s.channel = p.channel AND s.consumer_id = ANY($5::text[]) AND p.id > s.after_id
+                ON p.bridged_at IS NOT NULL
+               AND s.channel = p.channel AND s.consumer_id = ANY($5::text[]) AND p.id > s.after_id
                AND ($7::boolean
                     OR (p.id <= s.playback_through_id AND p.bridged_at < s.subscribed_at))
-         LEFT JOIN ${this.s}.deliveries d
-                ON d.consumer_id = s.consumer_id AND d.notification_id = p.id
         ORDER BY p.id`,
       [
         params.afterId,
@@ -251,9 +270,10 @@ export class RecoveryStore {
   }
 
   /**
-   * One cleanup batch: the next `limit` bridged rows created before `cutoff` (keyset after
-   * `afterId`), of which the finished ones are deleted with their ledger rows (or only counted,
-   * with `dryRun`). Finished: every consumer subscribed to the row's channel and owed it
+   * One cleanup batch: the next `limit` rows created before `cutoff` (keyset after `afterId`;
+   * bridged_at is tested on the page, not in the scan, whose plan must not hinge on its
+   * statistics), of which the finished bridged ones are deleted with their ledger rows (or only
+   * counted, with `dryRun`). Finished: every consumer subscribed to the row's channel and owed it
    * (id > after_id) has a `completed` outcome; `force` deletes the page's rows regardless.
    * Run it in a transaction that holds the subscriptions lock (shared), so a consumer registering
    * at the same moment sees either the row or its absence, never half of a batch.
@@ -264,11 +284,12 @@ export class RecoveryStore {
   ): Promise<CleanupBatch> {
     const finished = `
       page AS (
-        SELECT id, channel FROM ${this.s}.notifications
-         WHERE id > $1 AND created_at < $2::timestamptz AND bridged_at IS NOT NULL
+        SELECT id, channel, bridged_at FROM ${this.s}.notifications
+         WHERE id > $1 AND created_at < $2::timestamptz
          ORDER BY id LIMIT $3),
+      candidates AS (SELECT id, channel FROM page WHERE bridged_at IS NOT NULL),
       finished AS (
-        SELECT p.id FROM page p
+        SELECT p.id FROM candidates p
          WHERE $4::boolean OR NOT EXISTS (
            SELECT 1 FROM ${this.s}.subscriptions s
             WHERE s.channel = p.channel AND p.id > s.after_id
@@ -279,7 +300,8 @@ export class RecoveryStore {
     const sql = params.dryRun
       ? `WITH ${finished}
          SELECT (SELECT max(id)::text FROM page) AS last_id,
-                (SELECT count(*) FROM page)::int AS scanned,
+                (SELECT count(*) FROM page)::int AS page_rows,
+                (SELECT count(*) FROM candidates)::int AS scanned,
                 (SELECT count(*) FROM finished)::int AS deleted,
                 (SELECT count(*) FROM ${this.s}.deliveries d
                   WHERE d.notification_id IN (SELECT id FROM finished))::int AS ledger_rows`
@@ -291,11 +313,13 @@ export class RecoveryStore {
            DELETE FROM ${this.s}.notifications n USING finished f
             WHERE n.id = f.id RETURNING 1)
          SELECT (SELECT max(id)::text FROM page) AS last_id,
-                (SELECT count(*) FROM page)::int AS scanned,
+                (SELECT count(*) FROM page)::int AS page_rows,
+                (SELECT count(*) FROM candidates)::int AS scanned,
                 (SELECT count(*) FROM deleted)::int AS deleted,
                 (SELECT count(*) FROM deleted_deliveries)::int AS ledger_rows`;
     const res = await db.query<{
       last_id: string | null;
+      page_rows: number;
       scanned: number;
       deleted: number;
       ledger_rows: number;
@@ -303,6 +327,7 @@ export class RecoveryStore {
     const row = res.rows[0];
     return {
       lastId: row.last_id,
+      pageRows: row.page_rows,
       scanned: row.scanned,
       deleted: row.deleted,
       ledgerRows: row.ledger_rows,
