@@ -9,6 +9,7 @@ import { WakeupLease } from './lease.js';
 import { redactSecrets, silentLogger, type Logger } from './log.js';
 import type { BatchEvent, Metrics } from './metrics.js';
 import type { NotificationJobData } from './notification.js';
+import { packBatches, type PlannedBatchJob } from './batch-jobs.js';
 import { runStartupChecks } from './checks.js';
 import { PgqError } from './errors.js';
 import {
@@ -128,6 +129,25 @@ export function planJobs(
   return plan;
 }
 
+/** A claim never holds more rows than this, whatever a batch consumer asks for. */
+const MAX_CLAIM = 5000;
+
+/**
+ * Rows per claim: the listener's batch size, raised to the largest `batch.size` of a batch
+ * consumer (up to {@link MAX_CLAIM}) so that a backlog fills its batch jobs. Learned from the
+ * subscriptions of the previous claim.
+ */
+export function claimLimitFor(
+  batchSize: number,
+  subscriptions: readonly SubscriptionRow[],
+): number {
+  let limit = batchSize;
+  for (const sub of subscriptions) {
+    if (sub.batch) limit = Math.max(limit, Math.min(sub.batch.size, MAX_CLAIM));
+  }
+  return limit;
+}
+
 /** Keeps one BullMQ Queue per consumer on a shared Redis connection. */
 export class QueueSet {
   private readonly queues = new Map<string, Queue>();
@@ -146,7 +166,7 @@ export class QueueSet {
   }
 
   /** Adds every planned job; rejects if any queue rejects (a partial write is fine: ids dedupe). */
-  async addAll(plan: Map<string, PlannedJob[]>): Promise<number> {
+  async addAll(plan: Map<string, (PlannedJob | PlannedBatchJob)[]>): Promise<number> {
     let count = 0;
     await Promise.all(
       [...plan].map(([consumerId, jobs]) => {
@@ -179,6 +199,8 @@ class BridgeListener extends EventEmitter implements Listener {
   private wakeWaiter: (() => void) | undefined;
   private loop: Promise<void> | undefined;
   private secondLane: Promise<void> | undefined;
+  /** Rows per claim: the batch size, or a batch consumer's larger batch size (claimLimitFor). */
+  private claimLimit: number;
   private stopping: Promise<void> | undefined;
   private readonly lease: WakeupLease | undefined;
 
@@ -191,6 +213,7 @@ class BridgeListener extends EventEmitter implements Listener {
     if (!Number.isInteger(this.batchSize) || this.batchSize < 1) {
       throw new RangeError(`batch-size must be a positive integer, got ${options.batchSize}`);
     }
+    this.claimLimit = this.batchSize;
     for (const channel of options.channels ?? []) assertChannel(channel);
     this.channels = options.channels?.length ? options.channels : null;
     this.pool = new pg.Pool({
@@ -392,13 +415,15 @@ class BridgeListener extends EventEmitter implements Listener {
     try {
       const { subscriptions, rows } = await this.store.beginClaim(
         client,
-        this.batchSize,
+        this.claimLimit,
         this.channels,
         this.minId,
       );
+      this.claimLimit = claimLimitFor(this.batchSize, subscriptions);
       if (rows.length > 0) {
         const started = Date.now();
-        const plan = planJobs(rows, subscriptions);
+        // Batch consumers get jobs of up to batch.size notifications (src/batch-jobs.ts).
+        const plan = packBatches(planJobs(rows, subscriptions), subscriptions);
         const jobs = await withTimeout(
           this.queues.addAll(plan),
           this.options.enqueueTimeoutMs ?? 15_000,

@@ -1,5 +1,5 @@
 import { hostname } from 'node:os';
-import { UnrecoverableError, Worker, type Job } from 'bullmq';
+import { Queue, UnrecoverableError, Worker, type Job } from 'bullmq';
 import pg from 'pg';
 import pRetry from 'p-retry';
 import type { Settings } from './config.js';
@@ -7,11 +7,13 @@ import {
   CONSUMER_DEFAULTS,
   channelNames,
   validateConsumers,
+  type BatchConsumerDefinition,
   type ConsumerDefinition,
   type SingleConsumerDefinition,
 } from './consumers.js';
+import { BatchRunner } from './batch-worker.js';
+import { jobIdFor } from './bridge.js';
 import { Store, type ConsumerRegistration } from './db/store.js';
-import { PgqError } from './errors.js';
 import { LedgerWriter } from './ledger.js';
 import type { Metrics } from './metrics.js';
 import { redactSecrets, silentLogger, type Logger } from './log.js';
@@ -90,18 +92,12 @@ class ConsumerWorkers implements PgqWorker {
   private heartbeat: NodeJS.Timeout | undefined;
   private closing: Promise<void> | undefined;
   private playingBack: Promise<void> | undefined;
+  /** Queues batch consumers opened to add the jobs of split batches. */
+  private readonly batchQueues: Queue[] = [];
 
   constructor(private readonly options: WorkerOptions) {
     this.log = options.logger ?? silentLogger();
     validateConsumers(options.consumers.map((value) => ({ value, where: 'createWorker' })));
-    for (const def of options.consumers) {
-      if (def.batch) {
-        throw new PgqError(
-          'PGQ_UNSUPPORTED',
-          `consumer ${def.id}: batch consumers are not supported by this version yet`,
-        );
-      }
-    }
     if (
       options.concurrency !== undefined &&
       !(Number.isInteger(options.concurrency) && options.concurrency > 0)
@@ -175,7 +171,10 @@ class ConsumerWorkers implements PgqWorker {
     });
     if (this.abort.signal.aborted) return;
     for (const def of this.options.consumers) {
-      this.workers.set(def.id, this.startWorker(def as SingleConsumerDefinition));
+      this.workers.set(
+        def.id,
+        def.batch ? this.startBatchWorker(def) : this.startWorker(def as SingleConsumerDefinition),
+      );
       this.log.info(
         { consumer: def.id, channels: channelNames(def) },
         'consumer registered; worker started',
@@ -213,6 +212,38 @@ class ConsumerWorkers implements PgqWorker {
         'playback for new consumers failed; `pgq-bridge reconcile` finishes it',
       );
     }
+  }
+
+  /** A batch consumer's Worker: jobs of several notifications, one handleBatch call each. */
+  private startBatchWorker(def: BatchConsumerDefinition): Worker {
+    const prefix = queuePrefix(this.options.settings);
+    let queue: Queue | undefined;
+    const runner = new BatchRunner(def, {
+      store: this.store,
+      db: this.pool,
+      log: this.log,
+      concurrency: this.options.concurrency ?? def.concurrency ?? CONSUMER_DEFAULTS.concurrency,
+      record: this.recordOutcomes ? (outcome) => this.ledger.record(outcome) : undefined,
+      metrics: this.options.metrics,
+      queue: () => {
+        if (!queue) {
+          queue = new Queue(def.id, { connection: this.redis, prefix });
+          this.batchQueues.push(queue);
+        }
+        return queue;
+      },
+      jobIdFor,
+    });
+    const worker = new Worker(def.id, runner.process, {
+      connection: this.redis,
+      prefix,
+      concurrency: runner.workerConcurrency,
+      ...(def.limiter ? { limiter: def.limiter } : {}),
+    });
+    worker.on('error', (error) =>
+      this.log.warn({ consumer: def.id, err: redactSecrets(errorMessage(error)) }, 'worker error'),
+    );
+    return worker;
   }
 
   private startWorker(def: SingleConsumerDefinition): Worker {
@@ -343,6 +374,7 @@ class ConsumerWorkers implements PgqWorker {
         }
       }),
     );
+    await Promise.all(this.batchQueues.map((q) => q.close().catch(() => undefined)));
     await this.ledger.flush();
     this.ledger.close();
     await closeRedis(this.redis);
