@@ -33,8 +33,9 @@ describe('startNode', () => {
   it('waits for JSON output lines, then stops on a signal', async () => {
     const handle = startNode([
       '-e',
-      `console.log(JSON.stringify({msg:'ready',n:1}));
-       process.on('SIGTERM',()=>{console.log(JSON.stringify({msg:'bye'}));process.exit(0)});
+      // The handler first: a SIGTERM that arrives right after 'ready' must find it installed.
+      `process.on('SIGTERM',()=>{console.log(JSON.stringify({msg:'bye'}));process.exit(0)});
+       console.log(JSON.stringify({msg:'ready',n:1}));
        setInterval(()=>{},1000)`,
     ]);
     const line = await handle.waitForOutput((l) => l.json?.msg === 'ready', 5000);
