@@ -102,5 +102,5 @@ export default [
     );
     await stopGracefully(listen);
     await Promise.all(workers.map((w) => stopGracefully(w)));
-  });
+  }, 180_000);
 });

@@ -105,7 +105,7 @@ describe('Postgres outage', () => {
     expect(warnings.every((w) => typeof w.err === 'string' && w.err.length > 0)).toBe(true);
     await stopGracefully(listen);
     await stopGracefully(work);
-  });
+  }, 120_000);
 });
 
 describe('Redis outage', () => {
@@ -141,5 +141,5 @@ describe('Redis outage', () => {
     await expectExactlyOnce(t, 60);
     await stopGracefully(listen);
     await stopGracefully(work);
-  });
+  }, 120_000);
 });

@@ -132,5 +132,5 @@ export default defineConsumer({ id: 'rec', channels: ['orders'], concurrency: 20
       await count(`SELECT count(*)::int AS n FROM ${notifications} WHERE bridged_at IS NULL`),
     ).toBe(0);
     await Promise.all([second, work].map((h) => stopGracefully(h)));
-  });
+  }, 120_000);
 });

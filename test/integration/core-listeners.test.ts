@@ -130,5 +130,5 @@ export default defineConsumer({ id: 'rec', channels: ['orders'], concurrency: 20
       rec: { runs: BACKLOG, distinct: BACKLOG, duplicates: 0 },
     });
     await Promise.all([...listeners, work].map((h) => stopGracefully(h)));
-  });
+  }, 120_000);
 });
