@@ -365,9 +365,12 @@ class BridgeListener extends EventEmitter implements Listener {
         if (failed) this.wakePending = true;
         await this.lease?.afterBatch(bridged);
         if (bridged >= this.batchSize) {
-          this.startSecondLane();
+          this.startSecondLane(this.batchSize);
           continue;
         }
+        // A live stream (lease hot): two lanes overlap, so a row committed while one batch is on
+        // its way to Redis is claimed by the other instead of waiting for that batch to finish.
+        if (bridged > 0 && this.lease?.isHot) this.startSecondLane(1);
         await this.waitForWake(this.lease ? this.lease.nextWaitMs(pollMs) : pollMs);
       }
     } catch (error) {
@@ -379,16 +382,16 @@ class BridgeListener extends EventEmitter implements Listener {
   }
 
   /**
-   * While there is a backlog (full batches), a second lane claims the next rows (SKIP LOCKED skips
-   * the first lane's) while the first lane's jobs travel to Redis, so Postgres and Redis work at
-   * the same time instead of taking turns. It stops at the first batch that is not full, or at a
-   * failure, which it leaves to the main loop's retries.
+   * While there is a backlog (full batches) or a busy stream, a second lane claims the next rows
+   * (SKIP LOCKED skips the first lane's) while the first lane's jobs travel to Redis, so Postgres
+   * and Redis work at the same time instead of taking turns. It stops at the first batch with
+   * fewer than `minRows` rows, or at a failure, which it leaves to the main loop's retries.
    */
-  private startSecondLane(): void {
+  private startSecondLane(minRows: number): void {
     if (this.secondLane || this.abort.signal.aborted) return;
     this.secondLane = (async () => {
       try {
-        while (!this.abort.signal.aborted && (await this.bridgeOnce()) >= this.batchSize);
+        while (!this.abort.signal.aborted && (await this.bridgeOnce()) >= minRows);
       } catch (error) {
         this.stats.errors++;
         this.log.debug({ err: redactSecrets(errorMessage(error)) }, 'second batch lane stopped');

@@ -11,7 +11,10 @@ export interface WakeupLeaseOptions {
   leaseMs?: number;
   /** How long the listener keeps polling after its lease ended, in ms (default 200). */
   graceMs?: number;
-  /** First poll delay after a batch that found rows, in ms (default 2); doubles while idle. */
+  /**
+   * Poll delay right after a batch that found rows, in ms (default 0: claim again at once, the
+   * batch itself paced the loop); then 1 ms, doubling while polls come back empty.
+   */
   minDelayMs?: number;
   /** Longest poll delay while the lease is live, in ms (default 20). */
   maxDelayMs?: number;
@@ -57,7 +60,7 @@ export class WakeupLease {
   constructor(private readonly options: WakeupLeaseOptions) {
     this.leaseMs = options.leaseMs ?? 1000;
     this.graceMs = options.graceMs ?? 200;
-    this.minDelayMs = options.minDelayMs ?? 2;
+    this.minDelayMs = options.minDelayMs ?? 0;
     this.maxDelayMs = options.maxDelayMs ?? 20;
     this.minRate = options.minRate ?? 200;
     this.delayMs = this.minDelayMs;
@@ -102,7 +105,7 @@ export class WakeupLease {
   nextWaitMs(idleMs: number): number {
     if (!this.isHot) return idleMs;
     const delay = this.delayMs;
-    this.delayMs = Math.min(this.delayMs * 2, this.maxDelayMs);
+    this.delayMs = Math.min(Math.max(1, this.delayMs * 2), this.maxDelayMs);
     return delay;
   }
 
