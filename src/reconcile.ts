@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { QueueSet, jobDataFor, jobIdFor, planJobs, type PlannedJob } from './bridge.js';
 import type { Settings } from './config.js';
-import { RecoveryStore, pairKey } from './db/recovery.js';
+import { RecoveryStore, pairKey, type OwedPair } from './db/recovery.js';
 import { Store } from './db/store.js';
 import { UsageError } from './errors.js';
 import { assertChannel, assertConsumerId } from './identifiers.js';
@@ -95,6 +95,9 @@ export interface ReconcileScope {
  * 20% faster than 2 on a busy 2-core machine; the process is mostly waiting, not computing).
  */
 const BRIDGE_LOOPS = 4;
+
+/** Pages of owed rows checked and enqueued at once (see {@link scanOwed}). */
+const PAGE_CONCURRENCY = 3;
 
 function emptyCounts(): ReconcileCounts {
   return {
@@ -419,7 +422,11 @@ async function scanOwed(
   const consumers = [...new Set(active.map((s) => s.consumer_id))];
   const jobOptions = new Map(active.map((s) => [s.consumer_id, s.job_options]));
   const started = Date.now();
-  while (!aborted(d)) {
+  // Pages are read one after another (the keyset needs the previous page's end) but checked and
+  // enqueued PAGE_CONCURRENCY at a time: Redis work of one page overlaps the reads of the next.
+  const inFlight = new Set<Promise<void>>();
+  let failure: { error: unknown } | undefined;
+  while (!aborted(d) && !failure) {
     const pairs = await d.recovery.owedPage(d.pool, {
       afterId: last.toString(),
       throughId: through === null ? null : through.toString(),
@@ -433,60 +440,17 @@ async function scanOwed(
     const rowsInPage = new Set(pairs.map((p) => p.id)).size;
     last = BigInt(pairs[pairs.length - 1].id);
     c.scanned += rowsInPage;
-    const toCheck = new Map<string, string[]>();
-    for (const p of pairs) {
-      if (p.consumer_id === null) continue;
-      if (p.status === 'completed') c.alreadyDone++;
-      else if (p.status === 'failed') c.deadLetters++;
-      else {
-        const ids = toCheck.get(p.consumer_id) ?? [];
-        ids.push(p.id);
-        toCheck.set(p.consumer_id, ids);
-      }
-    }
-    const missing = new Map<string, string[]>();
-    for (const [consumerId, ids] of toCheck) {
-      const gone = await missingJobIds(
-        d.redis,
-        d.queues.get(consumerId),
-        ids.map(jobIdFor),
-        !d.dryRun,
-      );
-      c.alreadyQueued += ids.length - gone.size;
-      if (gone.size > 0)
-        missing.set(
-          consumerId,
-          ids.filter((id) => gone.has(jobIdFor(id))),
-        );
-    }
-    if (missing.size > 0) {
-      const allIds = [...new Set([...missing.values()].flat())];
-      const rows = new Map((await d.recovery.rowsByIds(d.pool, allIds)).map((r) => [r.id, r]));
-      const plan = new Map<string, PlannedJob[]>();
-      for (const [consumerId, ids] of missing) {
-        const jobs: PlannedJob[] = [];
-        for (const id of ids) {
-          const row = rows.get(id);
-          // Deleted meanwhile (cleanup --force): nothing left to deliver.
-          if (!row) continue;
-          jobs.push({
-            name: row.channel,
-            data: jobDataFor(row, true),
-            opts: { ...jobOptions.get(consumerId), jobId: jobIdFor(id) },
-          });
-        }
-        if (jobs.length > 0) plan.set(consumerId, jobs);
-      }
-      c.enqueued += d.dryRun
-        ? countJobs(plan)
-        : await withTimeout(
-            addInChunks(d, plan),
-            REDIS_STEP_TIMEOUT_MS,
-            'Redis did not accept the batch in time',
-          );
-    }
+    const task: Promise<void> = enqueueOwed(d, pairs, jobOptions, c)
+      .catch((error: unknown) => {
+        failure ??= { error };
+      })
+      .finally(() => inFlight.delete(task));
+    inFlight.add(task);
+    if (inFlight.size >= PAGE_CONCURRENCY) await Promise.race(inFlight);
     if (rowsInPage < d.batchSize) break;
   }
+  await Promise.all(inFlight);
+  if (failure) throw failure.error;
   // The whole playback range was covered: later runs skip it (--verify still checks the rows).
   if (!d.dryRun && scope.since === null && !aborted(d)) {
     for (const s of pendingPlayback) {
@@ -497,4 +461,71 @@ async function scanOwed(
     { subscriptions: active.length, verify, ms: Date.now() - started },
     'owed rows scanned',
   );
+}
+
+/**
+ * One page of owed pairs: counts the ones the ledger settles, checks the others' jobs in Redis,
+ * and enqueues (as replays) those whose job is gone.
+ */
+async function enqueueOwed(
+  d: ReconcileDeps,
+  pairs: OwedPair[],
+  jobOptions: Map<string, Record<string, unknown>>,
+  c: ReconcileCounts,
+): Promise<void> {
+  const toCheck = new Map<string, string[]>();
+  for (const p of pairs) {
+    if (p.consumer_id === null) continue;
+    if (p.status === 'completed') c.alreadyDone++;
+    else if (p.status === 'failed') c.deadLetters++;
+    else {
+      const ids = toCheck.get(p.consumer_id) ?? [];
+      ids.push(p.id);
+      toCheck.set(p.consumer_id, ids);
+    }
+  }
+  const missing = new Map<string, string[]>();
+  for (const [consumerId, ids] of toCheck) {
+    const gone = await missingJobIds(
+      d.redis,
+      d.queues.get(consumerId),
+      ids.map(jobIdFor),
+      !d.dryRun,
+    );
+    c.alreadyQueued += ids.length - gone.size;
+    if (gone.size > 0) {
+      missing.set(
+        consumerId,
+        ids.filter((id) => gone.has(jobIdFor(id))),
+      );
+    }
+  }
+  if (missing.size === 0) return;
+  const allIds = [...new Set([...missing.values()].flat())];
+  const rows = new Map((await d.recovery.rowsByIds(d.pool, allIds)).map((r) => [r.id, r]));
+  const plan = new Map<string, PlannedJob[]>();
+  for (const [consumerId, ids] of missing) {
+    const jobs: PlannedJob[] = [];
+    for (const id of ids) {
+      const row = rows.get(id);
+      // Deleted meanwhile (cleanup --force): nothing left to deliver.
+      if (!row) continue;
+      jobs.push({
+        name: row.channel,
+        data: jobDataFor(row, true),
+        opts: { ...jobOptions.get(consumerId), jobId: jobIdFor(id) },
+      });
+    }
+    if (jobs.length > 0) plan.set(consumerId, jobs);
+  }
+  // Not `c.enqueued += await ...`: that reads the counter before the await, and pages run
+  // concurrently.
+  const added = d.dryRun
+    ? countJobs(plan)
+    : await withTimeout(
+        addInChunks(d, plan),
+        REDIS_STEP_TIMEOUT_MS,
+        'Redis did not accept the batch in time',
+      );
+  c.enqueued += added;
 }
