@@ -391,7 +391,12 @@ class BridgeListener extends EventEmitter implements Listener {
     if (this.secondLane || this.abort.signal.aborted) return;
     this.secondLane = (async () => {
       try {
-        while (!this.abort.signal.aborted && (await this.bridgeOnce()) >= minRows);
+        while (!this.abort.signal.aborted) {
+          const bridged = await this.bridgeOnce();
+          // Its rows count towards the arrival rate that keeps the wake-up lease.
+          await this.lease?.afterBatch(bridged);
+          if (bridged < minRows) break;
+        }
       } catch (error) {
         this.stats.errors++;
         this.log.debug({ err: redactSecrets(errorMessage(error)) }, 'second batch lane stopped');

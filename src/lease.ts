@@ -56,6 +56,8 @@ export class WakeupLease {
   private rowsSinceMark = 0;
   private markAt = performance.now();
   private warned = false;
+  /** An extension in flight (two batch lanes may both find it due). */
+  private extending = false;
 
   constructor(private readonly options: WakeupLeaseOptions) {
     this.leaseMs = options.leaseMs ?? 1000;
@@ -82,11 +84,12 @@ export class WakeupLease {
     this.delayMs = this.minDelayMs;
     this.rowsSinceMark += found;
     const now = performance.now();
-    if (this.endsAt - now > this.leaseMs / 2) return;
+    if (this.extending || this.endsAt - now > this.leaseMs / 2) return;
     const rate = (this.rowsSinceMark * 1000) / Math.max(now - this.markAt, 1);
     this.rowsSinceMark = 0;
     this.markAt = now;
     if (rate < this.minRate) return;
+    this.extending = true;
     try {
       this.until = await this.options.store.extendWakeupLease(this.options.db, this.leaseMs);
       this.endsAt = performance.now() + this.leaseMs;
@@ -98,6 +101,8 @@ export class WakeupLease {
           'could not extend the wake-up lease (is the schema migrated?); writers keep sending NOTIFY',
         );
       }
+    } finally {
+      this.extending = false;
     }
   }
 
