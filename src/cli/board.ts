@@ -1,5 +1,4 @@
 import { InvalidArgumentError, type Command } from 'commander';
-import { parseBasicAuth, startBoard } from '../board.js';
 import { UsageError } from '../errors.js';
 import { commandContext, positiveInt, runUntilSignal } from './context.js';
 
@@ -18,9 +17,13 @@ export function basePathOption(value: string): string {
 }
 
 /** The board's basic auth: `--basic-auth` wins over env BOARD_BASIC_AUTH. */
-export function boardBasicAuth(flag: string | undefined): string | undefined {
+export async function boardBasicAuth(flag: string | undefined): Promise<string | undefined> {
   const value = flag ?? (process.env.BOARD_BASIC_AUTH || undefined);
-  if (value !== undefined) parseBasicAuth(value);
+  if (value !== undefined) {
+    // Loaded on use: Express and Bull Board are heavy for every other command.
+    const { parseBasicAuth } = await import('../board.js');
+    parseBasicAuth(value);
+  }
   return value;
 }
 
@@ -46,10 +49,11 @@ export function registerBoard(program: Command): void {
     const { config, log } = await commandContext(command);
     let basicAuth: string | undefined;
     try {
-      basicAuth = boardBasicAuth(opts.basicAuth);
+      basicAuth = await boardBasicAuth(opts.basicAuth);
     } catch (error) {
       throw new UsageError(`--basic-auth / BOARD_BASIC_AUTH: ${(error as Error).message}`);
     }
+    const { startBoard } = await import('../board.js');
     const board = await startBoard({
       settings: config,
       port: opts.port,

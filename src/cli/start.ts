@@ -3,7 +3,6 @@ import pg from 'pg';
 import { loadConsumersDir, selectConsumers, validateConsumers } from '../consumers.js';
 import { migrate } from '../db/migrate.js';
 import { UsageError } from '../errors.js';
-import { startAll } from '../start.js';
 import { boardBasicAuth, boardOptions } from './board.js';
 import { commandContext, list, nonNegativeNumber, positiveInt, runUntilSignal } from './context.js';
 
@@ -48,7 +47,7 @@ export function registerStart(program: Command): void {
     const { config, log } = await commandContext(cmd);
     let basicAuth: string | undefined;
     try {
-      basicAuth = boardBasicAuth(opts.basicAuth);
+      basicAuth = await boardBasicAuth(opts.basicAuth);
     } catch (error) {
       throw new UsageError(`--basic-auth / BOARD_BASIC_AUTH: ${(error as Error).message}`);
     }
@@ -74,6 +73,8 @@ export function registerStart(program: Command): void {
         await client.end();
       }
     }
+    // Loaded on use: Express and Bull Board are heavy for every other command.
+    const { startAll } = await import('../start.js');
     const app = await startAll({
       settings: config,
       consumers,
