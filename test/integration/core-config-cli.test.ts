@@ -53,21 +53,21 @@ describe('configuration precedence (CLI)', () => {
     const env = { ...t.env };
     delete env.PGQ_PREFIX;
     const fromFile = await runCli(['migrate', '--print-sql'], { env, cwd: dir });
-    expect(fromFile.code).toBe(2);
+    expect(fromFile.code, fromFile.stderr).toBe(2);
     expect(fromFile.stderr).toMatch(/^pgq-bridge: prefix \(PGQ_PREFIX\): invalid BullMQ prefix/);
 
     const fromEnv = await runCli(['migrate'], { env: { ...t.env, PGQ_SCHEMA: 'no-dashes' } });
-    expect(fromEnv.code).toBe(2);
+    expect(fromEnv.code, fromEnv.stderr).toBe(2);
     expect(fromEnv.stderr).toMatch(/^pgq-bridge: schema \(PGQ_SCHEMA\): invalid schema name/);
 
     const fromFlag = await runCli(['--redis-url', 'http://x', 'listen'], { env: t.env });
-    expect(fromFlag.code).toBe(2);
+    expect(fromFlag.code, fromFlag.stderr).toBe(2);
     expect(fromFlag.stderr).toMatch(/^pgq-bridge: redis-url \(REDIS_URL\)/);
 
     const badUrl = await runCli(['migrate'], {
       env: { ...t.env, DATABASE_URL: 'postgres://app:Sup3r-s3cret@db:99999/x' },
     });
-    expect(badUrl.code).toBe(2);
+    expect(badUrl.code, badUrl.stderr).toBe(2);
     expect(badUrl.stderr).toMatch(/^pgq-bridge: database-url \(DATABASE_URL\)/);
     expect(badUrl.stderr).not.toContain('Sup3r-s3cret');
   });
