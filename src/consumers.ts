@@ -34,6 +34,24 @@ export interface ConsumerOptions {
   removeOnFail?: KeepJobs;
   /** For a new consumer: play every stored notification (`beginning`) or only new ones (`now`). */
   startFrom?: 'beginning' | 'now';
+  /**
+   * BullMQ `lockDuration` (ms, default 30,000): how long a job stays locked to a worker without a
+   * lock renewal. With `stalledInterval`, it bounds how soon a job of a crashed worker runs again.
+   */
+  lockDuration?: number;
+  /** BullMQ `stalledInterval` (ms, default 30,000): how often workers look for stalled jobs. */
+  stalledInterval?: number;
+}
+
+/** The BullMQ Worker options a consumer definition sets beyond concurrency. */
+export function workerTuning(
+  def: ConsumerOptions,
+): Pick<ConsumerOptions, 'limiter' | 'lockDuration' | 'stalledInterval'> {
+  return {
+    ...(def.limiter ? { limiter: def.limiter } : {}),
+    ...(def.lockDuration ? { lockDuration: def.lockDuration } : {}),
+    ...(def.stalledInterval ? { stalledInterval: def.stalledInterval } : {}),
+  };
 }
 
 /** A consumer that handles one notification per job. */
@@ -155,6 +173,11 @@ export function validateConsumer(value: unknown, where: string): ConsumerDefinit
   for (const key of ['concurrency', 'attempts'] as const) {
     if (def[key] !== undefined && !positiveInteger(def[key]))
       fail(`${key} must be a positive integer`);
+  }
+  for (const key of ['lockDuration', 'stalledInterval'] as const) {
+    if (def[key] !== undefined && !positiveInteger(def[key])) {
+      fail(`${key} must be a positive integer (ms)`);
+    }
   }
   if (def.timeout !== undefined && !positiveInteger(def.timeout))
     fail('timeout must be a positive integer (ms)');

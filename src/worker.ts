@@ -10,6 +10,7 @@ import {
   type BatchConsumerDefinition,
   type ConsumerDefinition,
   type SingleConsumerDefinition,
+  workerTuning,
 } from './consumers.js';
 import { BatchRunner } from './batch-worker.js';
 import { jobIdFor } from './bridge.js';
@@ -238,7 +239,7 @@ class ConsumerWorkers implements PgqWorker {
       connection: this.redis,
       prefix,
       concurrency: runner.workerConcurrency,
-      ...(def.limiter ? { limiter: def.limiter } : {}),
+      ...workerTuning(def),
     });
     worker.on('error', (error) =>
       this.log.warn({ consumer: def.id, err: redactSecrets(errorMessage(error)) }, 'worker error'),
@@ -342,7 +343,7 @@ class ConsumerWorkers implements PgqWorker {
         connection: this.redis,
         prefix: queuePrefix(this.options.settings),
         concurrency: this.options.concurrency ?? def.concurrency ?? CONSUMER_DEFAULTS.concurrency,
-        ...(def.limiter ? { limiter: def.limiter } : {}),
+        ...workerTuning(def),
       },
     );
     worker.on('error', (error) =>
