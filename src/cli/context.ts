@@ -1,4 +1,8 @@
 import { Command, InvalidArgumentError } from 'commander';
+import pg from 'pg';
+import { PgqError } from '../errors.js';
+import { redactSecrets } from '../log.js';
+import { errorMessage } from '../util.js';
 import { resolveConfig, type ResolvedConfig, type SettingFlags } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
 
@@ -93,4 +97,26 @@ export function runUntilSignal(
     process.once('SIGTERM', onSignal);
     void stopRequested?.then(onSignal);
   });
+}
+
+/**
+ * Connects a one-shot command to Postgres, failing within 10 s (not the OS's TCP timeout) with a
+ * message that names the server (password redacted).
+ */
+export async function connectPostgres(url: string, applicationName: string): Promise<pg.Client> {
+  const client = new pg.Client({
+    connectionString: url,
+    connectionTimeoutMillis: 10_000,
+    application_name: applicationName,
+  });
+  try {
+    await client.connect();
+  } catch (error) {
+    await client.end().catch(() => undefined);
+    throw new PgqError(
+      'PGQ_POSTGRES_UNREACHABLE',
+      `cannot connect to Postgres at ${redactSecrets(url)}: ${errorMessage(error)}`,
+    );
+  }
+  return client;
 }

@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
-import pg from 'pg';
 import { migrate, migrationScript } from '../db/migrate.js';
-import { commandContext } from './context.js';
+import { commandContext, connectPostgres } from './context.js';
 
 export function registerMigrate(program: Command): void {
   program
@@ -17,8 +16,7 @@ export function registerMigrate(program: Command): void {
         process.stdout.write(migrationScript(config.schema));
         return;
       }
-      const client = new pg.Client({ connectionString: config.databaseUrl });
-      await client.connect();
+      const client = await connectPostgres(config.databaseUrl, 'pgq-bridge migrate');
       try {
         const result = await migrate({ db: client, schema: config.schema, logger: log });
         log.info(

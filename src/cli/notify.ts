@@ -1,8 +1,7 @@
 import { Command, InvalidArgumentError } from 'commander';
-import pg from 'pg';
 import { assertChannel } from '../identifiers.js';
 import { notify } from '../notify.js';
-import { commandContext } from './context.js';
+import { commandContext, connectPostgres } from './context.js';
 
 function jsonArgument(value: string): unknown {
   try {
@@ -22,8 +21,7 @@ export function registerNotify(program: Command): void {
       // A bad channel is a usage error (exit 2) whether or not Postgres is reachable.
       assertChannel(channel);
       const { config } = await commandContext(command);
-      const client = new pg.Client({ connectionString: config.databaseUrl });
-      await client.connect();
+      const client = await connectPostgres(config.databaseUrl, 'pgq-bridge notify');
       try {
         const id = await notify(client, channel, payload, { schema: config.schema });
         process.stdout.write(`${id}\n`);

@@ -1,10 +1,16 @@
 import type { Command } from 'commander';
-import pg from 'pg';
 import { loadConsumersDir, selectConsumers, validateConsumers } from '../consumers.js';
 import { migrate } from '../db/migrate.js';
 import { UsageError } from '../errors.js';
 import { boardBasicAuth, boardOptions } from './board.js';
-import { commandContext, list, nonNegativeNumber, positiveInt, runUntilSignal } from './context.js';
+import {
+  commandContext,
+  list,
+  nonNegativeNumber,
+  positiveInt,
+  runUntilSignal,
+  connectPostgres,
+} from './context.js';
 
 interface StartFlags {
   consumers?: string[];
@@ -65,8 +71,7 @@ export function registerStart(program: Command): void {
       log.warn('no consumers to run (pass --consumers-dir or configure consumers): bridging only');
     }
     if (opts.migrate) {
-      const client = new pg.Client({ connectionString: config.databaseUrl });
-      await client.connect();
+      const client = await connectPostgres(config.databaseUrl, 'pgq-bridge start');
       try {
         await migrate({ db: client, schema: config.schema, logger: log });
       } finally {

@@ -9,7 +9,7 @@ import {
   triggerSql,
   type InstalledTrigger,
 } from '../triggers.js';
-import { commandContext, list } from './context.js';
+import { commandContext, list, connectPostgres } from './context.js';
 
 interface AddFlags {
   channel?: string;
@@ -34,11 +34,7 @@ async function withDatabase<T>(
   fn: (client: pg.Client, schema: string) => Promise<T>,
 ): Promise<T> {
   const { config } = await commandContext(command);
-  const client = new pg.Client({
-    connectionString: config.databaseUrl,
-    application_name: 'pgq-bridge triggers',
-  });
-  await client.connect();
+  const client = await connectPostgres(config.databaseUrl, 'pgq-bridge triggers');
   try {
     return await fn(client, config.schema);
   } finally {
