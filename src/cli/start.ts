@@ -1,23 +1,11 @@
 import type { Command } from 'commander';
-import { loadConsumersDir, selectConsumers, validateConsumers } from '../consumers.js';
 import { migrate } from '../db/migrate.js';
 import { UsageError } from '../errors.js';
 import { boardBasicAuth, boardOptions } from './board.js';
-import {
-  commandContext,
-  list,
-  nonNegativeNumber,
-  positiveInt,
-  runUntilSignal,
-  connectPostgres,
-} from './context.js';
+import { configuredConsumers, consumerOptions, type ConsumerFlags } from './consumer-options.js';
+import { commandContext, connectPostgres, list, positiveInt, runUntilSignal } from './context.js';
 
-interface StartFlags {
-  consumers?: string[];
-  excludeConsumers?: string[];
-  consumersDir?: string;
-  concurrency?: number;
-  shutdownTimeout?: number;
+interface StartFlags extends ConsumerFlags {
   channels?: string[];
   batchSize?: number;
   board?: boolean;
@@ -31,19 +19,11 @@ interface StartFlags {
 }
 
 export function registerStart(program: Command): void {
-  const command = program
-    .command('start')
-    .description('listen + work + board in one process (development, small deployments)')
-    .option('--consumers <list>', 'run only these consumers (comma-separated ids)', list)
-    .option('--exclude-consumers <list>', 'run every consumer but these', list)
-    .option('--consumers-dir <dir>', 'load consumers from the files of this directory')
-    .option('--concurrency <n>', "override every consumer's concurrency", positiveInt)
-    .option(
-      '--shutdown-timeout <seconds>',
-      'how long a graceful stop waits for in-flight jobs',
-      nonNegativeNumber,
-      30,
-    )
+  const command = consumerOptions(
+    program
+      .command('start')
+      .description('listen + work + board in one process (development, small deployments)'),
+  )
     .option('--channels <list>', 'bridge only these channels (comma-separated)', list)
     .option('--batch-size <n>', 'rows claimed per transaction', positiveInt, 500)
     .option('--migrate', 'install or upgrade the schema first')
@@ -57,16 +37,7 @@ export function registerStart(program: Command): void {
     } catch (error) {
       throw new UsageError(`--basic-auth / BOARD_BASIC_AUTH: ${(error as Error).message}`);
     }
-    const dir = opts.consumersDir ?? config.consumersDir;
-    const all = dir
-      ? await loadConsumersDir(dir)
-      : validateConsumers(
-          (config.consumers ?? []).map((value) => ({
-            value,
-            where: config.configFile ?? 'config',
-          })),
-        );
-    const consumers = selectConsumers(all, opts.consumers, opts.excludeConsumers);
+    const { selected: consumers } = await configuredConsumers(config, opts);
     if (consumers.length === 0) {
       log.warn('no consumers to run (pass --consumers-dir or configure consumers): bridging only');
     }

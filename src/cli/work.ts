@@ -1,11 +1,6 @@
 import cluster from 'node:cluster';
 import type { Command } from 'commander';
-import {
-  channelNames,
-  loadConsumersDir,
-  selectConsumers,
-  validateConsumers,
-} from '../consumers.js';
+import { channelNames } from '../consumers.js';
 import { UsageError } from '../errors.js';
 import {
   exposeToSupervisor,
@@ -17,14 +12,10 @@ import {
 import { createSupervisor, supervisorStopRequested } from '../supervisor.js';
 import { createWorker } from '../worker.js';
 import { serveMetrics } from './serve-metrics.js';
-import { commandContext, list, nonNegativeNumber, positiveInt, runUntilSignal } from './context.js';
+import { configuredConsumers, consumerOptions, type ConsumerFlags } from './consumer-options.js';
+import { commandContext, positiveInt, runUntilSignal } from './context.js';
 
-interface WorkFlags {
-  consumers?: string[];
-  excludeConsumers?: string[];
-  consumersDir?: string;
-  concurrency?: number;
-  shutdownTimeout?: number;
+interface WorkFlags extends ConsumerFlags {
   listConsumers?: boolean;
   processes?: number;
   worker?: boolean;
@@ -57,19 +48,7 @@ export function childArgs(argv: string[]): string[] {
 }
 
 export function registerWork(program: Command): void {
-  program
-    .command('work')
-    .description('run consumer handlers as BullMQ workers')
-    .option('--consumers <list>', 'run only these consumers (comma-separated ids)', list)
-    .option('--exclude-consumers <list>', 'run every consumer but these', list)
-    .option('--consumers-dir <dir>', 'load consumers from the files of this directory')
-    .option('--concurrency <n>', "override every consumer's concurrency", positiveInt)
-    .option(
-      '--shutdown-timeout <seconds>',
-      'how long a graceful stop waits for in-flight jobs',
-      nonNegativeNumber,
-      30,
-    )
+  consumerOptions(program.command('work').description('run consumer handlers as BullMQ workers'))
     .option('--list-consumers', 'print the consumers that would run, then exit')
     .option(
       '--processes <n>',
@@ -88,21 +67,12 @@ export function registerWork(program: Command): void {
         throw new UsageError('--processes and --worker exclude each other');
       }
       const { config, log } = await commandContext(command);
-      const dir = opts.consumersDir ?? config.consumersDir;
-      const all = dir
-        ? await loadConsumersDir(dir)
-        : validateConsumers(
-            (config.consumers ?? []).map((value) => ({
-              value,
-              where: config.configFile ?? 'config',
-            })),
-          );
+      const { all, selected: consumers } = await configuredConsumers(config, opts);
       if (all.length === 0) {
         throw new UsageError(
           'no consumers: pass --consumers-dir <dir> or set consumers / consumersDir in pgq-bridge.config.ts',
         );
       }
-      const consumers = selectConsumers(all, opts.consumers, opts.excludeConsumers);
       if (opts.listConsumers) {
         for (const c of consumers) {
           process.stdout.write(`${c.id}\t${channelNames(c).join(',')}\n`);
