@@ -368,9 +368,6 @@ class BridgeListener extends EventEmitter implements Listener {
           this.startSecondLane(this.batchSize);
           continue;
         }
-        // A live stream (lease hot): two lanes overlap, so a row committed while one batch is on
-        // its way to Redis is claimed by the other instead of waiting for that batch to finish.
-        if (bridged > 0 && this.lease?.isHot) this.startSecondLane(1);
         await this.waitForWake(this.lease ? this.lease.nextWaitMs(pollMs) : pollMs);
       }
     } catch (error) {
@@ -382,10 +379,12 @@ class BridgeListener extends EventEmitter implements Listener {
   }
 
   /**
-   * While there is a backlog (full batches) or a busy stream, a second lane claims the next rows
-   * (SKIP LOCKED skips the first lane's) while the first lane's jobs travel to Redis, so Postgres
-   * and Redis work at the same time instead of taking turns. It stops at the first batch with
-   * fewer than `minRows` rows, or at a failure, which it leaves to the main loop's retries.
+   * While there is a backlog (full batches), a second lane claims the next rows (SKIP LOCKED skips
+   * the first lane's) while the first lane's jobs travel to Redis, so Postgres and Redis work at
+   * the same time instead of taking turns. It stops at the first batch with fewer than `minRows`
+   * rows, or at a failure, which it leaves to the main loop's retries. (Not for a live stream:
+   * there a second lane only split the same rows into more, smaller batches, costing CPU that
+   * the stream bench showed as latency on a 2-core machine.)
    */
   private startSecondLane(minRows: number): void {
     if (this.secondLane || this.abort.signal.aborted) return;

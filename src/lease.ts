@@ -12,8 +12,8 @@ export interface WakeupLeaseOptions {
   /** How long the listener keeps polling after its lease ended, in ms (default 200). */
   graceMs?: number;
   /**
-   * Poll delay right after a batch that found rows, in ms (default 0: claim again at once, the
-   * batch itself paced the loop); then 1 ms, doubling while polls come back empty.
+   * Poll delay right after a batch that found rows, in ms (default 1: long enough for a few more
+   * rows to commit, so batches are not one row each); doubles while polls come back empty.
    */
   minDelayMs?: number;
   /** Longest poll delay while the lease is live, in ms (default 20). */
@@ -62,7 +62,7 @@ export class WakeupLease {
   constructor(private readonly options: WakeupLeaseOptions) {
     this.leaseMs = options.leaseMs ?? 1000;
     this.graceMs = options.graceMs ?? 200;
-    this.minDelayMs = options.minDelayMs ?? 0;
+    this.minDelayMs = options.minDelayMs ?? 1;
     this.maxDelayMs = options.maxDelayMs ?? 20;
     this.minRate = options.minRate ?? 200;
     this.delayMs = this.minDelayMs;
