@@ -3,7 +3,9 @@
  *
  * pgbench runs 8 clients, each transaction one round trip: a plain INSERT into an application
  * table, or the same INSERT plus a notify() call in the same transaction (`\;` sends both as
- * one simple query, i.e. one implicit transaction). Two notify() bodies run side by side:
+ * one simple query, i.e. one implicit transaction). `row only` adds a plain INSERT into a table
+ * shaped like notifications instead: the floor of any design that stores a row per notification.
+ * Two notify() bodies run side by side:
  * `notify-v1` is the 0001 body (pg_notify on every call, the "before"), `notify` is the current
  * one (pg_notify only while no listener holds the wake-up lease, the "after").
  *
@@ -45,7 +47,7 @@ const PREFIX = 'pgqbench_ingest';
 const CLIENTS = 8;
 
 /** The variants of a write transaction. */
-const VARIANTS = ['insert', 'notify-v1', 'notify'] as const;
+const VARIANTS = ['insert', 'row only', 'notify-v1', 'notify'] as const;
 type Variant = (typeof VARIANTS)[number];
 /** What the listener does meanwhile. */
 const CONDITIONS = [
@@ -80,6 +82,9 @@ export interface IngestResult {
 const INSERT = `INSERT INTO ${APP}.orders (customer, amount) VALUES ('c42', 1)`;
 const SCRIPTS: Record<Variant, string> = {
   insert: `${INSERT};\n`,
+  // The floor of any design that stores the notification as a row: the same INSERT plus a plain
+  // INSERT into a table shaped like notifications (same columns, check, indexes), no function.
+  'row only': `${INSERT} \\; INSERT INTO ${APP}.shaped (channel, payload) VALUES ('orders', '{"amount": 1}');\n`,
   'notify-v1': `${INSERT} \\; SELECT ${APP}.notify_v1('orders', '{"amount": 1}');\n`,
   notify: `${INSERT} \\; SELECT ${SCHEMA}.notify('orders', '{"amount": 1}');\n`,
 };
@@ -111,6 +116,7 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
     await db.query(`CREATE TABLE ${APP}.orders (
       id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, customer text NOT NULL,
       amount numeric NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`);
+    await db.query(`CREATE TABLE ${APP}.shaped (LIKE ${SCHEMA}.notifications INCLUDING ALL)`);
     // The 0001 notify() body: pg_notify on every call. The "before" of the wake-up lease.
     await db.query(`CREATE FUNCTION ${APP}.notify_v1(channel text, payload jsonb) RETURNS bigint
       LANGUAGE plpgsql AS $fn$
@@ -259,7 +265,12 @@ export function printIngest(result: IngestResult): void {
     `Ingest: ${result.clients} connections, ${result.seconds} s per run, median of ${result.rounds} (tps; ratio to plain INSERT in the same condition)`,
     result.cases.map((c) => ({
       condition: c.condition,
-      transaction: c.variant === 'insert' ? 'INSERT' : `INSERT + ${c.variant}()`,
+      transaction:
+        c.variant === 'insert'
+          ? 'INSERT'
+          : c.variant === 'row only'
+            ? 'INSERT + INSERT of a notification-shaped row'
+            : `INSERT + ${c.variant}()`,
       tps: c.tps,
       ratio: c.ratio,
       ...(c.backlogLeft !== undefined ? { 'backlog left': c.backlogLeft } : {}),
