@@ -332,6 +332,8 @@ class BridgeListener extends EventEmitter implements Listener {
       factor: 2,
       signal: this.abort.signal,
       onFailedAttempt: ({ error, attemptNumber }) => {
+        // A failure caused by stop() itself is not worth a warning.
+        if (this.abort.signal.aborted) return;
         this.stats.errors++;
         this.log.warn(
           { err: redactSecrets(errorMessage(error)), attempt: attemptNumber },
