@@ -1,4 +1,4 @@
-import type { Queue } from 'bullmq';
+import type { JobType, Queue } from 'bullmq';
 import type { RedisConnection } from './redis.js';
 import { withTimeout } from './util.js';
 
@@ -57,4 +57,30 @@ export async function missingJobIds(
     if (removed === 1) missing.add(id);
   }
   return missing;
+}
+
+/** Jobs read per call while listing a queue's batch jobs (their data holds whole batches). */
+const BATCH_SCAN_PAGE = 20;
+
+/**
+ * Ids of the notifications that wait inside unfinished batch jobs of `queue` (a batch consumer's
+ * queue). Such a notification has no `n<id>` job of its own, so a presence check by job id alone
+ * would take it for lost. Reads the jobs a few at a time and keeps only the ids.
+ */
+export async function notificationsInBatchJobs(queue: Queue): Promise<Set<string>> {
+  const held = new Set<string>();
+  const states: JobType[] = ['waiting', 'active', 'delayed', 'prioritized'];
+  for (let start = 0; ; start += BATCH_SCAN_PAGE) {
+    const jobs = await withTimeout(
+      queue.getJobs(states, start, start + BATCH_SCAN_PAGE - 1, true),
+      REDIS_STEP_TIMEOUT_MS,
+      'Redis did not list the batch jobs in time',
+    );
+    for (const job of jobs) {
+      const batch = (job?.data as { batch?: { id?: unknown }[] } | undefined)?.batch;
+      if (!Array.isArray(batch)) continue;
+      for (const item of batch) if (typeof item?.id === 'string') held.add(item.id);
+    }
+    if (jobs.length < BATCH_SCAN_PAGE) return held;
+  }
 }

@@ -5,7 +5,7 @@ import { RecoveryStore, pairKey, type OwedPair } from './db/recovery.js';
 import { Store } from './db/store.js';
 import { UsageError } from './errors.js';
 import { assertChannel, assertConsumerId } from './identifiers.js';
-import { REDIS_STEP_TIMEOUT_MS, missingJobIds } from './job-presence.js';
+import { REDIS_STEP_TIMEOUT_MS, missingJobIds, notificationsInBatchJobs } from './job-presence.js';
 import { redactSecrets, silentLogger, type Logger } from './log.js';
 import { replayFailed } from './replay-failed.js';
 import {
@@ -421,6 +421,11 @@ async function scanOwed(
   const channels = [...new Set(active.map((s) => s.channel))];
   const consumers = [...new Set(active.map((s) => s.consumer_id))];
   const jobOptions = new Map(active.map((s) => [s.consumer_id, s.job_options]));
+  // Batch consumers: notifications waiting inside batch jobs are queued, not lost.
+  const inBatches = new Map<string, Set<string>>();
+  for (const consumerId of new Set(active.filter((s) => s.is_batch).map((s) => s.consumer_id))) {
+    inBatches.set(consumerId, await notificationsInBatchJobs(d.queues.get(consumerId)));
+  }
   const started = Date.now();
   // Pages are read one after another (the keyset needs the previous page's end) but checked and
   // enqueued PAGE_CONCURRENCY at a time: Redis work of one page overlaps the reads of the next.
@@ -440,7 +445,7 @@ async function scanOwed(
     const rowsInPage = new Set(pairs.map((p) => p.id)).size;
     last = BigInt(pairs[pairs.length - 1].id);
     c.scanned += rowsInPage;
-    const task: Promise<void> = enqueueOwed(d, pairs, jobOptions, c)
+    const task: Promise<void> = enqueueOwed(d, pairs, jobOptions, inBatches, c)
       .catch((error: unknown) => {
         failure ??= { error };
       })
@@ -471,6 +476,7 @@ async function enqueueOwed(
   d: ReconcileDeps,
   pairs: OwedPair[],
   jobOptions: Map<string, Record<string, unknown>>,
+  inBatches: Map<string, Set<string>>,
   c: ReconcileCounts,
 ): Promise<void> {
   const toCheck = new Map<string, string[]>();
@@ -478,6 +484,7 @@ async function enqueueOwed(
     if (p.consumer_id === null) continue;
     if (p.status === 'completed') c.alreadyDone++;
     else if (p.status === 'failed') c.deadLetters++;
+    else if (inBatches.get(p.consumer_id)?.has(p.id)) c.alreadyQueued++;
     else {
       const ids = toCheck.get(p.consumer_id) ?? [];
       ids.push(p.id);

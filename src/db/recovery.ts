@@ -10,6 +10,8 @@ export interface OwedSubscription {
   /** Playback range end: see migration 0003 (equal to after_id once playback finished). */
   playback_through_id: string;
   job_options: Record<string, unknown>;
+  /** A batch consumer: its notifications may wait inside batch jobs (`b...`), not `n<id>` jobs. */
+  is_batch: boolean;
 }
 
 /** One (notification, consumer owed it) pair of a scanned page, with the ledger's outcome. */
@@ -77,7 +79,8 @@ export class RecoveryStore {
     channels: string[] | null,
   ): Promise<OwedSubscription[]> {
     const res = await db.query<OwedSubscription>(
-      `SELECT s.consumer_id, s.channel, s.after_id::text, s.playback_through_id::text, c.job_options
+      `SELECT s.consumer_id, s.channel, s.after_id::text, s.playback_through_id::text, c.job_options,
+              c.batch IS NOT NULL AS is_batch
          FROM ${this.s}.subscriptions s JOIN ${this.s}.consumers c ON c.id = s.consumer_id
         WHERE ($1::text[] IS NULL OR s.consumer_id = ANY($1))
           AND ($2::text[] IS NULL OR s.channel = ANY($2))
