@@ -5,7 +5,7 @@ import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
 import { Queue } from 'bullmq';
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
-import pg from 'pg';
+import { createPool } from './db/pool.js';
 import type { Settings } from './config.js';
 import { OperationsQueries } from './db/operations.js';
 import { UsageError } from './errors.js';
@@ -106,14 +106,14 @@ export function createBoardRouter(options: BoardOptions): BoardRouter {
   const readOnly = options.readOnly === true;
   const prefix = queuePrefix(settings);
   const queries = new OperationsQueries(settings.schema);
-  const pool = new pg.Pool({
-    connectionString: settings.databaseUrl,
-    max: 2,
-    connectionTimeoutMillis: 5000,
-    application_name: 'pgq-bridge board',
-  });
-  pool.on('error', (error) =>
-    log.warn({ err: redactSecrets(error.message) }, 'idle Postgres connection failed'),
+  const pool = createPool(
+    {
+      connectionString: settings.databaseUrl,
+      max: 2,
+      connectionTimeoutMillis: 5000,
+      application_name: 'pgq-bridge board',
+    },
+    log,
   );
   const redis: RedisConnection = createRedis(settings, log, 'board');
   const queues = new Map<string, Queue>();

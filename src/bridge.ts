@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { Queue, type JobsOptions } from 'bullmq';
 import pg from 'pg';
 import pRetry from 'p-retry';
+import { createPool } from './db/pool.js';
 import { Store, type NotificationRow, type SubscriptionRow } from './db/store.js';
 import type { Settings } from './config.js';
 import { WakeupListener } from './listener.js';
@@ -216,17 +217,17 @@ class BridgeListener extends EventEmitter implements Listener {
     this.claimLimit = this.batchSize;
     for (const channel of options.channels ?? []) assertChannel(channel);
     this.channels = options.channels?.length ? options.channels : null;
-    this.pool = new pg.Pool({
-      connectionString: settings.databaseUrl,
-      // Two batch lanes (see startSecondLane) and the wake-up lease / self-test statements.
-      max: 3,
-      connectionTimeoutMillis: 10_000,
-      application_name: 'pgq-bridge listen',
-      // Backstop: if this process stalls mid-batch, Postgres ends the transaction and frees the rows.
-      idle_in_transaction_session_timeout: 60_000,
-    });
-    this.pool.on('error', (error) =>
-      this.log.warn({ err: redactSecrets(error.message) }, 'idle Postgres connection failed'),
+    this.pool = createPool(
+      {
+        connectionString: settings.databaseUrl,
+        // Two batch lanes (see startSecondLane) and the wake-up lease / self-test statements.
+        max: 3,
+        connectionTimeoutMillis: 10_000,
+        application_name: 'pgq-bridge listen',
+        // Backstop: if this process stalls mid-batch, Postgres ends the transaction and frees the rows.
+        idle_in_transaction_session_timeout: 60_000,
+      },
+      this.log,
     );
     this.redis = createRedis(settings, this.log, 'listen');
     this.queues = new QueueSet(this.redis, queuePrefix(settings));

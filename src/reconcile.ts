@@ -1,12 +1,13 @@
-import pg from 'pg';
+import type pg from 'pg';
 import { QueueSet, jobDataFor, jobIdFor, planJobs, type PlannedJob } from './bridge.js';
 import type { Settings } from './config.js';
 import { RecoveryStore, pairKey, type OwedPair } from './db/recovery.js';
+import { createPool } from './db/pool.js';
 import { Store } from './db/store.js';
 import { UsageError } from './errors.js';
 import { assertChannel, assertConsumerId } from './identifiers.js';
 import { REDIS_STEP_TIMEOUT_MS, missingJobIds, notificationsInBatchJobs } from './job-presence.js';
-import { redactSecrets, silentLogger, type Logger } from './log.js';
+import { silentLogger, type Logger } from './log.js';
 import { replayFailed } from './replay-failed.js';
 import {
   closeRedis,
@@ -135,16 +136,16 @@ export async function reconcile(options: ReconcileOptions): Promise<ReconcileRes
   }
   const log = options.logger ?? silentLogger();
   const { settings } = options;
-  const pool = new pg.Pool({
-    connectionString: settings.databaseUrl,
-    max: BRIDGE_LOOPS + 1,
-    connectionTimeoutMillis: 10_000,
-    application_name: 'pgq-bridge reconcile',
-    // A stalled run must not hold claimed rows for long: Postgres ends the transaction.
-    idle_in_transaction_session_timeout: 60_000,
-  });
-  pool.on('error', (error) =>
-    log.warn({ err: redactSecrets(error.message) }, 'idle Postgres connection failed'),
+  const pool = createPool(
+    {
+      connectionString: settings.databaseUrl,
+      max: BRIDGE_LOOPS + 1,
+      connectionTimeoutMillis: 10_000,
+      application_name: 'pgq-bridge reconcile',
+      // A stalled run must not hold claimed rows for long: Postgres ends the transaction.
+      idle_in_transaction_session_timeout: 60_000,
+    },
+    log,
   );
   const redis = createRedis(settings, log, 'reconcile');
   const queues = new QueueSet(redis, queuePrefix(settings));

@@ -14,6 +14,7 @@ import {
 } from './consumers.js';
 import { BatchRunner } from './batch-worker.js';
 import { jobIdFor } from './bridge.js';
+import { createPool } from './db/pool.js';
 import { Store, type ConsumerRegistration } from './db/store.js';
 import { LedgerWriter } from './ledger.js';
 import type { Metrics } from './metrics.js';
@@ -107,14 +108,14 @@ class ConsumerWorkers implements PgqWorker {
     }
     this.store = new Store(options.settings.schema);
     this.workerName = options.workerName ?? `${hostname()}:${process.pid}`;
-    this.pool = new pg.Pool({
-      connectionString: options.settings.databaseUrl,
-      max: 3,
-      connectionTimeoutMillis: 10_000,
-      application_name: 'pgq-bridge work',
-    });
-    this.pool.on('error', (error) =>
-      this.log.warn({ err: redactSecrets(error.message) }, 'idle Postgres connection failed'),
+    this.pool = createPool(
+      {
+        connectionString: options.settings.databaseUrl,
+        max: 3,
+        connectionTimeoutMillis: 10_000,
+        application_name: 'pgq-bridge work',
+      },
+      this.log,
     );
     this.redis = createRedis(options.settings, this.log, 'work');
     this.ledger = new LedgerWriter(this.store, this.pool, this.log);
