@@ -5,9 +5,14 @@
  * table, or the same INSERT plus a notify() call in the same transaction (`\;` sends both as
  * one simple query, i.e. one implicit transaction). `row only` adds a plain INSERT into a table
  * shaped like notifications instead: the floor of any design that stores a row per notification.
+ * `function only` calls a PL/pgSQL function whose body is only that INSERT: the floor of any
+ * `notify()` written in SQL (what a plain `SELECT f()` and a PL/pgSQL call cost on their own).
  * Two notify() bodies run side by side:
  * `notify-v1` is the 0001 body (pg_notify on every call, the "before"), `notify` is the current
  * one (pg_notify only while no listener holds the wake-up lease, the "after").
+ *
+ * `notify() per call` times 20,000 calls in one statement on one connection, in a transaction that
+ * is rolled back, with the lease live: the server CPU each body costs, without commits or clients.
  *
  * Conditions: no listener; the lease held with no listener (the writers' own cost); a listener that
  * starts idle and follows the writes; a listener busy draining a backlog. Variants run interleaved so that drift in machine load hits all alike.
@@ -19,6 +24,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import type pg from 'pg';
 import { createListener, createWorker, migrate, type Listener } from 'pgq-bridge';
 import {
   DATABASE_URL,
@@ -47,7 +53,7 @@ const PREFIX = 'pgqbench_ingest';
 const CLIENTS = 8;
 
 /** The variants of a write transaction. */
-const VARIANTS = ['insert', 'row only', 'notify-v1', 'notify'] as const;
+const VARIANTS = ['insert', 'row only', 'function only', 'notify-v1', 'notify'] as const;
 type Variant = (typeof VARIANTS)[number];
 /** What the listener does meanwhile. */
 const CONDITIONS = [
@@ -75,9 +81,13 @@ export interface IngestResult {
     /** Rows of the backlog left when the run ended (busy condition: > 0 means it stayed busy). */
     backlogLeft?: number;
   }[];
+  /** Server time per notify() call, µs (median of 3 statements of 20,000 calls each). */
+  perCallUs: { 'notify-v1': number; notify: number };
   /** Idle listener: notify() committed → its job is in Redis. */
   wake: Latency;
 }
+
+const PER_CALL_N = 20_000;
 
 const INSERT = `INSERT INTO ${APP}.orders (customer, amount) VALUES ('c42', 1)`;
 const SCRIPTS: Record<Variant, string> = {
@@ -85,6 +95,8 @@ const SCRIPTS: Record<Variant, string> = {
   // The floor of any design that stores the notification as a row: the same INSERT plus a plain
   // INSERT into a table shaped like notifications (same columns, check, indexes), no function.
   'row only': `${INSERT} \\; INSERT INTO ${APP}.shaped (channel, payload) VALUES ('orders', '{"amount": 1}');\n`,
+  // The floor of a notify() function: a PL/pgSQL body that does nothing but store the row.
+  'function only': `${INSERT} \\; SELECT ${APP}.insert_only('orders', '{"amount": 1}');\n`,
   'notify-v1': `${INSERT} \\; SELECT ${APP}.notify_v1('orders', '{"amount": 1}');\n`,
   notify: `${INSERT} \\; SELECT ${SCHEMA}.notify('orders', '{"amount": 1}');\n`,
 };
@@ -98,6 +110,32 @@ async function pgbench(file: string, seconds: number): Promise<number> {
   const match = /tps = ([\d.]+) \(without initial connection time\)/.exec(stdout);
   if (!match) throw new Error(`unexpected pgbench output: ${stdout}`);
   return Number(match[1]);
+}
+
+/**
+ * Server time of one `fn('orders', ...)` call, in µs: PER_CALL_N calls in one statement, rolled
+ * back, with the wake-up lease live (so the current body skips pg_notify, as under a busy listener).
+ */
+async function usPerCall(db: pg.Pool, fn: string): Promise<number> {
+  const client = await db.connect();
+  try {
+    const runs: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      await client.query('BEGIN');
+      await client.query(`UPDATE ${SCHEMA}.listener_lease SET awake_until = 'infinity'`);
+      const start = wallMs();
+      await client.query(
+        `SELECT count(${fn}('orders', '{"amount": 1}')) FROM generate_series(1, $1)`,
+        [PER_CALL_N],
+      );
+      // The first statement also compiles the function: not counted.
+      if (i > 0) runs.push(((wallMs() - start) * 1000) / PER_CALL_N);
+      await client.query('ROLLBACK');
+    }
+    return round(median(runs), 2);
+  } finally {
+    client.release();
+  }
 }
 
 /** Measures ingest tps per condition and variant, and the wake latency of an idle listener. */
@@ -117,6 +155,14 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
       id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, customer text NOT NULL,
       amount numeric NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`);
     await db.query(`CREATE TABLE ${APP}.shaped (LIKE ${SCHEMA}.notifications INCLUDING ALL)`);
+    await db.query(`CREATE FUNCTION ${APP}.insert_only(channel text, payload jsonb) RETURNS bigint
+      LANGUAGE plpgsql AS $fn$
+      #variable_conflict use_variable
+      DECLARE new_id bigint;
+      BEGIN
+        INSERT INTO ${APP}.shaped (channel, payload) VALUES (channel, payload) RETURNING id INTO new_id;
+        RETURN new_id;
+      END $fn$`);
     // The 0001 notify() body: pg_notify on every call. The "before" of the wake-up lease.
     await db.query(`CREATE FUNCTION ${APP}.notify_v1(channel text, payload jsonb) RETURNS bigint
       LANGUAGE plpgsql AS $fn$
@@ -217,6 +263,12 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
       }
     }
 
+    await settle();
+    const perCallUs = {
+      'notify-v1': await usPerCall(db, `${APP}.notify_v1`),
+      notify: await usPerCall(db, `${SCHEMA}.notify`),
+    };
+
     // Wake latency of an idle listener: one notify at a time, far enough apart that the
     // listener sleeps on NOTIFY (a lone writer is below the lease's rate threshold).
     await settle();
@@ -248,7 +300,14 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
         });
       }
     }
-    return { clients: CLIENTS, seconds, rounds: flags.rounds, cases, wake: latencyOf(samples) };
+    return {
+      clients: CLIENTS,
+      seconds,
+      rounds: flags.rounds,
+      cases,
+      perCallUs,
+      wake: latencyOf(samples),
+    };
   } finally {
     await listener?.stop();
     await dropSchemas(db, SCHEMA, APP).catch(() => undefined);
@@ -270,12 +329,17 @@ export function printIngest(result: IngestResult): void {
           ? 'INSERT'
           : c.variant === 'row only'
             ? 'INSERT + INSERT of a notification-shaped row'
-            : `INSERT + ${c.variant}()`,
+            : c.variant === 'function only'
+              ? 'INSERT + a function that only does that INSERT'
+              : `INSERT + ${c.variant}()`,
       tps: c.tps,
       ratio: c.ratio,
       ...(c.backlogLeft !== undefined ? { 'backlog left': c.backlogLeft } : {}),
     })),
   );
+  printTable('notify() server time per call, µs (lease live; one statement of 20,000 calls)', [
+    { 'notify-v1': result.perCallUs['notify-v1'], notify: result.perCallUs.notify },
+  ]);
   const w = result.wake;
   printTable('Wake latency of an idle listener: notify() committed → job in Redis (ms)', [
     { samples: w.count, p50: w.p50, p95: w.p95, p99: w.p99, max: w.max },
