@@ -2,17 +2,19 @@
  * Live stream: notifications committed at a fixed rate, one per transaction from 8 connections,
  * and the latency from each commit to the start of its handler.
  *
- * pgq-bridge runs as users deploy it: `pgq-bridge listen` (the CLI, default settings) and a worker
- * process (`createWorker`, no-op handler, concurrency 50) — separate processes, each measured for
- * memory. The writer is a third process. The reference is raw BullMQ: the same writer calling
+ * pgq-bridge runs as users deploy it: `pgq-bridge listen` and `pgq-bridge work --worker` (the CLI,
+ * default settings; the consumer in procs/stream-consumers/ is a no-op handler with concurrency
+ * 50) — separate processes, each measured for memory. The writer is a third process. The reference is raw BullMQ: the same writer calling
  * `Queue.add` at the same rate, the same worker settings, latency from `add` returning to the
  * handler start. Rates: 500/s, 2,000/s and max: pgq-bridge's writers in a closed loop (as fast as
  * 8 connections commit), then raw BullMQ at the rate pgq-bridge reached.
  *
  * Run: `npm run bench:stream [-- --quick]`.
  */
+import { join } from 'node:path';
 import { createWorker, migrate } from 'pgq-bridge';
 import {
+  BENCH_DIR,
   DATABASE_URL,
   REDIS_URL,
   benchPool,
@@ -52,6 +54,11 @@ export interface StreamRun {
   /** Writes whose handler did not start within the tail timeout. */
   missing: number;
   latency: Latency;
+  /**
+   * pgq-bridge only: commit → job created by the listener (the job's `timestamp`, whole ms), the
+   * listener's share of `latency`; the rest is Redis and the worker.
+   */
+  toJob?: Latency;
   /** Peak RSS of the listen and work processes during the run, MB. */
   rss?: { listen: number; work: number };
 }
@@ -71,19 +78,25 @@ interface Pipeline {
 }
 
 async function startPipeline(system: StreamRun['system']): Promise<Pipeline> {
-  const raw = system === 'raw BullMQ';
-  const prefix = raw ? RAW_PREFIX : PREFIX;
+  if (system === 'pgq-bridge') {
+    const worker = spawnCli(
+      ['work', '--worker', '--consumers-dir', join(BENCH_DIR, 'procs', 'stream-consumers')],
+      cliEnv(SCHEMA, PREFIX),
+    );
+    await worker.next('loaded');
+    const listener = spawnCli(['listen'], cliEnv(SCHEMA, PREFIX));
+    return { system, worker, listener, prefix: PREFIX };
+  }
   const worker = forkScript('procs/work.ts');
   worker.send({
     type: 'start',
-    mode: raw ? 'raw' : 'pgq',
+    mode: 'raw',
     schema: SCHEMA,
-    prefix,
+    prefix: RAW_PREFIX,
     consumers: [{ id: 'stream', channels: ['stream'], concurrency: CONCURRENCY }],
   });
   await worker.next('ready');
-  const listener = raw ? undefined : spawnCli(['listen'], cliEnv(SCHEMA, PREFIX));
-  return { system, worker, listener, prefix };
+  return { system, worker, prefix: RAW_PREFIX };
 }
 
 async function handledSoFar(worker: Child): Promise<number> {
@@ -133,10 +146,17 @@ async function measure(p: Pipeline, rate: number, seconds: number): Promise<Stre
   p.worker.send({ type: 'collect' });
   const collected = await p.worker.next('collected');
   const startOf = new Map<string, number>();
+  const addedOf = new Map<string, number>();
   const cIds = collected.ids as string[];
   const cStarts = collected.starts as number[];
-  for (let i = 0; i < cIds.length; i++) if (!startOf.has(cIds[i])) startOf.set(cIds[i], cStarts[i]);
+  const cAdded = collected.added as number[] | undefined;
+  for (let i = 0; i < cIds.length; i++) {
+    if (startOf.has(cIds[i])) continue;
+    startOf.set(cIds[i], cStarts[i]);
+    if (cAdded) addedOf.set(cIds[i], cAdded[i]);
+  }
   const latencies: number[] = [];
+  const toJob: number[] = [];
   let missing = 0;
   let lastStart = 0;
   for (let i = 0; i < ids.length; i++) {
@@ -145,6 +165,8 @@ async function measure(p: Pipeline, rate: number, seconds: number): Promise<Stre
     else {
       latencies.push(started - times[i]);
       lastStart = Math.max(lastStart, started);
+      const added = addedOf.get(ids[i]);
+      if (added !== undefined) toJob.push(added - times[i]);
     }
   }
   const firstWrite = Math.min(...times);
@@ -155,6 +177,7 @@ async function measure(p: Pipeline, rate: number, seconds: number): Promise<Stre
     handled: round((latencies.length / Math.max(lastStart - firstWrite, 1)) * 1000),
     missing,
     latency: latencyOf(latencies),
+    ...(toJob.length > 0 ? { toJob: latencyOf(toJob) } : {}),
     ...(p.listener ? { rss: { listen: peak.listen, work: peak.work } } : {}),
   };
 }
@@ -202,7 +225,7 @@ export async function benchStream(flags: BenchFlags): Promise<StreamResult> {
   } finally {
     for (const p of pipelines) {
       await p.listener?.stop();
-      p.worker.send({ type: 'stop' });
+      if (!p.listener) p.worker.send({ type: 'stop' });
       await p.worker.stop();
     }
     await dropSchemas(db, SCHEMA).catch(() => undefined);
@@ -226,6 +249,8 @@ export function printStream(result: StreamResult): void {
       p50: r.latency.p50,
       p95: r.latency.p95,
       p99: r.latency.p99,
+      'to job p50': r.toJob?.p50 ?? null,
+      'to job p99': r.toJob?.p99 ?? null,
       'p50 ratio': r.p50Ratio,
       'p99 ratio': r.p99Ratio,
       'listen MB': r.rss?.listen ?? null,
