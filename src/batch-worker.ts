@@ -2,6 +2,7 @@ import { UnrecoverableError, type Job, type JobsOptions, type Queue } from 'bull
 import type { BatchConsumerDefinition } from './consumers.js';
 import type { DeliveryOutcome, Queryable, Store } from './db/store.js';
 import type { Logger } from './log.js';
+import { removedAtOnce } from './ledger.js';
 import type { Metrics } from './metrics.js';
 import {
   toNotification,
@@ -21,8 +22,11 @@ export interface BatchRunnerDeps {
   log: Logger;
   /** Handler calls at once (the consumer's `concurrency`, or the worker's override). */
   concurrency: number;
-  /** Records a final outcome in the delivery ledger; undefined when the ledger is off. */
-  record?: (outcome: DeliveryOutcome) => void;
+  /**
+   * Records a final outcome in the delivery ledger; undefined when the ledger is off. With `now`,
+   * writes it at once and resolves when written (for jobs BullMQ removes as soon as they finish).
+   */
+  record?: (outcome: DeliveryOutcome, now: boolean) => void | Promise<void>;
   metrics?: Metrics;
   /** The consumer's queue (for the single-notification jobs of a split batch). */
   queue: () => Queue;
@@ -167,11 +171,16 @@ export class BatchRunner {
     }
     const seconds = (performance.now() - started) / 1000;
     if (error === undefined) {
-      for (const m of members) {
-        this.deps.metrics?.observeJob(this.def.id, 'completed', seconds);
-        for (const e of m.entries) this.outcome(e, 'completed', m.attempt, null);
-        m.settle(undefined);
-      }
+      await Promise.all(
+        members.map(async (m) => {
+          this.deps.metrics?.observeJob(this.def.id, 'completed', seconds);
+          const now = removedAtOnce(m.job.opts.removeOnComplete);
+          await Promise.all(
+            m.entries.map((e) => this.outcome(e, 'completed', m.attempt, null, now)),
+          );
+          m.settle(undefined);
+        }),
+      );
       return;
     }
     if (members.length === 1) {
@@ -231,7 +240,13 @@ export class BatchRunner {
       { ...fields, notificationId: entries[0].id, channel: entries[0].channel },
       'handler failed for good (job kept as failed)',
     );
-    this.outcome(entries[0], 'failed', attempt, errorMessage(error).slice(0, 2000));
+    await this.outcome(
+      entries[0],
+      'failed',
+      attempt,
+      errorMessage(error).slice(0, 2000),
+      removedAtOnce(job.opts.removeOnFail),
+    );
     throw error;
   }
 
@@ -240,14 +255,12 @@ export class BatchRunner {
     status: 'completed' | 'failed',
     attempts: number,
     lastError: string | null,
-  ): void {
-    this.deps.record?.({
-      consumerId: this.def.id,
-      notificationId: e.id,
-      status,
-      attempts,
-      lastError,
-    });
+    now = false,
+  ): void | Promise<void> {
+    return this.deps.record?.(
+      { consumerId: this.def.id, notificationId: e.id, status, attempts, lastError },
+      now,
+    );
   }
 
   private acquire(): Promise<void> {

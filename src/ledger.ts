@@ -9,6 +9,8 @@ import { errorMessage } from './util.js';
  */
 export class LedgerWriter {
   private pending: DeliveryOutcome[] = [];
+  /** Callers of {@link recordNow} whose outcome is in `pending`, resolved once it is written. */
+  private waiting: (() => void)[] = [];
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
 
@@ -31,6 +33,21 @@ export class LedgerWriter {
     else this.timer ??= setTimeout(() => void this.flush(), this.flushIntervalMs);
   }
 
+  /**
+   * Queues an outcome and writes it at once (with whatever else waits, and right after a flush
+   * in progress); resolves when it is in Postgres or was refused as bad data. For jobs BullMQ
+   * removes as soon as they finish: completing one before its outcome is written would leave a
+   * window where a crash loses both, and `reconcile --verify` would run it again.
+   * While Postgres is unreachable it keeps waiting, as the retried flush does.
+   */
+  recordNow(outcome: DeliveryOutcome): Promise<void> {
+    return new Promise((resolve) => {
+      this.waiting.push(resolve);
+      this.record(outcome);
+      void this.flush();
+    });
+  }
+
   /** Writes everything queued so far; resolves when it is in Postgres (or the write failed). */
   async flush(): Promise<void> {
     clearTimeout(this.timer);
@@ -38,7 +55,9 @@ export class LedgerWriter {
     while (this.flushing) await this.flushing;
     if (this.pending.length === 0) return;
     const batch = this.pending;
+    const waiting = this.waiting;
     this.pending = [];
+    this.waiting = [];
     this.flushing = this.store
       .recordOutcomes(this.db, batch)
       .catch((error: unknown) =>
@@ -46,9 +65,13 @@ export class LedgerWriter {
         // write the batch one by one instead, and drop only what Postgres refuses.
         isDataError(error) ? this.recordOneByOne(batch) : Promise.reject(error),
       )
+      .then(() => {
+        for (const resolve of waiting) resolve();
+      })
       .catch((error: unknown) => {
         // Keep them for the next flush; outcomes are idempotent upserts.
         this.pending = batch.concat(this.pending);
+        this.waiting = waiting.concat(this.waiting);
         this.log.warn(
           { err: redactSecrets(errorMessage(error)), outcomes: batch.length },
           'writing the delivery ledger failed; will retry',
@@ -93,4 +116,17 @@ export class LedgerWriter {
 function isDataError(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code;
   return typeof code === 'string' && (code.startsWith('22') || code.startsWith('23'));
+}
+
+/**
+ * Whether BullMQ removes a finished job at once under this `removeOnComplete`/`removeOnFail`:
+ * `true`, `0`, or `{ count: 0 }` / `{ age: 0 }`. Then its outcome must reach the ledger first
+ * ({@link LedgerWriter.recordNow}). Other settings keep it until newer jobs or its age push it
+ * out: a count well above the jobs finished in 100 ms outlives the 50 ms flush.
+ */
+export function removedAtOnce(keep: unknown): boolean {
+  if (keep === true || keep === 0) return true;
+  if (typeof keep !== 'object' || keep === null) return false;
+  const { count, age } = keep as { count?: unknown; age?: unknown };
+  return count === 0 || age === 0;
 }

@@ -16,7 +16,7 @@ import { BatchRunner } from './batch-worker.js';
 import { jobIdFor } from './bridge.js';
 import { createPool } from './db/pool.js';
 import { Store, type ConsumerRegistration } from './db/store.js';
-import { LedgerWriter } from './ledger.js';
+import { LedgerWriter, removedAtOnce } from './ledger.js';
 import type { Metrics } from './metrics.js';
 import { redactSecrets, silentLogger, type Logger } from './log.js';
 import { toNotification, type NotificationJobData } from './notification.js';
@@ -225,7 +225,9 @@ class ConsumerWorkers implements PgqWorker {
       db: this.pool,
       log: this.log,
       concurrency: this.options.concurrency ?? def.concurrency ?? CONSUMER_DEFAULTS.concurrency,
-      record: this.recordOutcomes ? (outcome) => this.ledger.record(outcome) : undefined,
+      record: this.recordOutcomes
+        ? (outcome, now) => (now ? this.ledger.recordNow(outcome) : this.ledger.record(outcome))
+        : undefined,
       metrics: this.options.metrics,
       queue: () => {
         if (!queue) {
@@ -285,13 +287,15 @@ class ConsumerWorkers implements PgqWorker {
             ? await withTimeout(run, timeoutMs, `handler of ${def.id} timed out`)
             : await run;
           if (this.recordOutcomes) {
-            this.ledger.record({
+            const outcome = {
               consumerId: def.id,
               notificationId: data.id,
-              status: 'completed',
+              status: 'completed' as const,
               attempts: attempt,
               lastError: null,
-            });
+            };
+            if (removedAtOnce(job.opts.removeOnComplete)) await this.ledger.recordNow(outcome);
+            else this.ledger.record(outcome);
           }
           const seconds = (performance.now() - started) / 1000;
           metrics?.observeJob(def.id, 'completed', seconds);
@@ -329,13 +333,15 @@ class ConsumerWorkers implements PgqWorker {
             final ? 'handler failed for good (job kept as failed)' : 'handler failed; will retry',
           );
           if (final && this.recordOutcomes) {
-            this.ledger.record({
+            const outcome = {
               consumerId: def.id,
               notificationId: data.id,
-              status: 'failed',
+              status: 'failed' as const,
               attempts: attempt,
               lastError: errorMessage(error).slice(0, 2000),
-            });
+            };
+            if (removedAtOnce(job.opts.removeOnFail)) await this.ledger.recordNow(outcome);
+            else this.ledger.record(outcome);
           }
           throw error;
         }

@@ -4,6 +4,7 @@ import { planJobs } from '../../src/bridge.js';
 import { cleanupSummary } from '../../src/cli/cleanup.js';
 import { reconcileSummary, sinceArgument } from '../../src/cli/reconcile.js';
 import type { SubscriptionRow } from '../../src/db/store.js';
+import { removedAtOnce } from '../../src/ledger.js';
 import type { ReconcileResult } from '../../src/reconcile.js';
 
 describe('reconcile --since', () => {
@@ -89,5 +90,23 @@ describe('planJobs and subscription start', () => {
     expect(plan.get('all')!.map((j) => j.opts.jobId)).toEqual(['n9', 'n10', 'n11']);
     expect(plan.get('late')!.map((j) => j.opts.jobId)).toEqual(['n10', 'n11']);
     expect(plan.get('late')![0].data.replay).toBe(true);
+  });
+});
+
+describe('removedAtOnce: which finished jobs need their outcome in the ledger first', () => {
+  it('is true only for settings under which BullMQ removes the job as it finishes', () => {
+    for (const keep of [true, 0, { count: 0 }, { age: 0 }, { age: 3600, count: 0 }]) {
+      expect(removedAtOnce(keep), JSON.stringify(keep)).toBe(true);
+    }
+    for (const keep of [
+      undefined,
+      false,
+      1,
+      10_000,
+      { count: 1 },
+      { age: 86_400, count: 10_000 },
+    ]) {
+      expect(removedAtOnce(keep), JSON.stringify(keep)).toBe(false);
+    }
   });
 });
