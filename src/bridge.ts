@@ -366,7 +366,7 @@ class BridgeListener extends EventEmitter implements Listener {
         });
         // After recovering from a failure, sweep again at once: anything may have piled up.
         if (failed) this.wakePending = true;
-        await this.lease?.afterBatch(bridged);
+        await this.noteBatch(bridged);
         if (bridged >= this.batchSize) {
           this.startSecondLane(this.batchSize);
           continue;
@@ -379,6 +379,20 @@ class BridgeListener extends EventEmitter implements Listener {
         throw error;
       }
     }
+  }
+
+  /**
+   * Tells the wake-up lease how many rows a batch found. A renewal of a live lease (one UPDATE,
+   * twice a second) runs beside the next claims instead of delaying them: the listener keeps
+   * polling meanwhile. Taking the lease afresh is awaited, or the listener could go to sleep on
+   * NOTIFY just as writers stop sending them. afterBatch handles its own errors and never runs
+   * two renewals at once.
+   */
+  private async noteBatch(bridged: number): Promise<void> {
+    if (!this.lease) return;
+    const wasHot = this.lease.isHot;
+    const renewing = this.lease.afterBatch(bridged);
+    if (!wasHot) await renewing;
   }
 
   /**
@@ -396,7 +410,7 @@ class BridgeListener extends EventEmitter implements Listener {
         while (!this.abort.signal.aborted) {
           const bridged = await this.bridgeOnce();
           // Its rows count towards the arrival rate that keeps the wake-up lease.
-          await this.lease?.afterBatch(bridged);
+          await this.noteBatch(bridged);
           if (bridged < minRows) break;
         }
       } catch (error) {

@@ -58,6 +58,8 @@ export class WakeupLease {
   private warned = false;
   /** An extension in flight (two batch lanes may both find it due). */
   private extending = false;
+  /** Settles when the extension in flight (if any) has; release() waits for it. */
+  private extension: Promise<void> | undefined;
 
   constructor(private readonly options: WakeupLeaseOptions) {
     this.leaseMs = options.leaseMs ?? 1000;
@@ -90,8 +92,13 @@ export class WakeupLease {
     this.markAt = now;
     if (rate < this.minRate) return;
     this.extending = true;
+    const extension = this.options.store.extendWakeupLease(this.options.db, this.leaseMs);
+    this.extension = extension.then(
+      () => undefined,
+      () => undefined,
+    );
     try {
-      this.until = await this.options.store.extendWakeupLease(this.options.db, this.leaseMs);
+      this.until = await extension;
       this.endsAt = performance.now() + this.leaseMs;
     } catch (error) {
       if (!this.warned) {
@@ -116,6 +123,8 @@ export class WakeupLease {
 
   /** Gives the lease up at once (on stop), unless another listener extended it since. */
   async release(): Promise<void> {
+    // An extension still in flight would otherwise renew the lease after it was given up.
+    await this.extension;
     const until = this.until;
     this.until = undefined;
     const held = performance.now() < this.endsAt;
