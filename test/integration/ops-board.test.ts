@@ -17,12 +17,12 @@ import {
 } from '../../src/index.js';
 import { startCli, type CliHandle } from '../support/cli.js';
 import { createTestEnv, type TestEnv } from '../support/env.js';
+import { chromiumPath } from '../support/browser.js';
 import { scrape, valueOf } from '../support/prometheus.js';
 import { freePort } from '../support/servers.js';
 import { waitFor } from '../support/wait.js';
 import { Queue } from 'bullmq';
 
-const CHROMIUM = '/usr/bin/chromium';
 const AUTH = { username: 'admin', password: 's3cret:with-colon' };
 const AUTH_HEADER = `Basic ${Buffer.from(`${AUTH.username}:${AUTH.password}`).toString('base64')}`;
 
@@ -34,7 +34,7 @@ beforeAll(async () => {
   t = createTestEnv();
   await migrate({ db: t.pool, schema: t.schema });
   browser = await chromium.launch({
-    executablePath: CHROMIUM,
+    executablePath: chromiumPath(),
     headless: true,
     args: [
       '--headless',
