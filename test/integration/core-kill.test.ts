@@ -70,6 +70,10 @@ export default defineConsumer({ id: 'rec', channels: ['orders'], concurrency: 20
     // Freeze Redis writes: the listener's batch in flight cannot complete.
     await t.redis.call('CLIENT', 'PAUSE', '20000', 'WRITE');
     let inFlight: string[] = [];
+    // The same rows held for 500 ms: a batch waiting on the paused Redis, not one whose addBulk
+    // got in before the pause and whose COMMIT is just on its way (it would be bridged after all).
+    let heldSince = 0;
+    let held = '';
     try {
       // The batch in flight: rows the listener holds locked, in a transaction left open.
       await waitFor(
@@ -98,7 +102,14 @@ export default defineConsumer({ id: 'rec', channels: ['orders'], concurrency: 20
             [`${notifications}`],
           );
           // One batch per lane: a listener with a backlog runs a second lane (bridge.ts).
-          return inFlight.length > 0 && idle[0].n >= 1 && inFlight.length === idle[0].n * 20;
+          const claimed =
+            inFlight.length > 0 && idle[0].n >= 1 && inFlight.length === idle[0].n * 20;
+          const key = claimed ? inFlight.join(',') : '';
+          if (key !== held) {
+            held = key;
+            heldSince = Date.now();
+          }
+          return claimed && Date.now() - heldSince >= 500;
         },
         { timeoutMs: 10_000, message: 'a batch claimed and waiting for Redis' },
       );
