@@ -15,6 +15,7 @@
  * from the worker's start until the last handler call. Each runs in this process, like the
  * pgq-bridge and raw BullMQ sides of bench/drain.ts.
  */
+import { createRequire } from 'node:module';
 import { Logger, makeWorkerUtils, run, runMigrations } from 'graphile-worker';
 import PgBoss from 'pg-boss';
 import { DATABASE_URL, benchPool, dropSchemas, round } from './lib/common.js';
@@ -58,22 +59,20 @@ function counter(count: number): { add: (n: number) => void; done: Promise<void>
 }
 
 const silent = new Logger(() => () => undefined);
+/** Where and how graphile-worker's utilities connect. */
+const GRAPHILE_CONNECTION = {
+  connectionString: DATABASE_URL,
+  schema: GRAPHILE_SCHEMA,
+  logger: silent,
+};
 
 /** graphile-worker: `count` stored jobs → all handlers done. */
 export async function drainGraphile(count: number): Promise<DrainFigure> {
   const db = benchPool(2);
   try {
     await dropSchemas(db, GRAPHILE_SCHEMA);
-    await runMigrations({
-      connectionString: DATABASE_URL,
-      schema: GRAPHILE_SCHEMA,
-      logger: silent,
-    });
-    const utils = await makeWorkerUtils({
-      connectionString: DATABASE_URL,
-      schema: GRAPHILE_SCHEMA,
-      logger: silent,
-    });
+    await runMigrations(GRAPHILE_CONNECTION);
+    const utils = await makeWorkerUtils(GRAPHILE_CONNECTION);
     try {
       for (let from = 0; from < count; from += 5000) {
         const specs = [];
@@ -161,4 +160,61 @@ export async function drainPgBoss(
     await dropSchemas(db, PGBOSS_SCHEMA).catch(() => undefined);
     await db.end();
   }
+}
+
+/**
+ * What enqueueing one job costs inside the caller's transaction with each alternative: one SQL
+ * statement per system, for pgbench (simple protocol, so values are literals).
+ *
+ * - graphile-worker: `add_job(identifier, payload)`, its documented SQL API (it sends a NOTIFY
+ *   with a random payload on every call, so writers take the commit-time NOTIFY lock).
+ * - pg-boss: the `INSERT` its `send()` runs (pg-boss's own statement, from its plans module), with
+ *   every option left to its default; `send()` itself also takes a round trip from Node first.
+ *
+ * Installs both schemas; `drop()` removes them.
+ */
+export async function alternativeEnqueueSql(
+  queue: string,
+  payloadJson: string,
+): Promise<{ graphileWorker: string; pgBoss: string; drop: () => Promise<void> }> {
+  const db = benchPool(2);
+  try {
+    await dropSchemas(db, GRAPHILE_SCHEMA, PGBOSS_SCHEMA);
+    await runMigrations(GRAPHILE_CONNECTION);
+    const boss = new PgBoss({
+      connectionString: DATABASE_URL,
+      schema: PGBOSS_SCHEMA,
+      supervise: false,
+      schedule: false,
+    });
+    boss.on('error', () => undefined);
+    await boss.start();
+    await boss.createQueue(queue);
+    await boss.stop({ graceful: false, wait: true });
+  } finally {
+    await db.end();
+  }
+  const literal = (text: string): string => `'${text.replaceAll("'", "''")}'`;
+  const plans = createRequire(import.meta.url)('pg-boss/src/plans.js') as {
+    insertJob: (schema: string) => string;
+  };
+  // $2 is the queue name, $3 the data; every other parameter NULL (the defaults send() applies).
+  const values: Record<string, string> = { 2: literal(queue), 3: literal(payloadJson) };
+  const pgBoss = plans
+    .insertJob(PGBOSS_SCHEMA)
+    .replace(/\$(\d+)/g, (_, n: string) => values[n] ?? 'NULL')
+    .replace(/\s+/g, ' ')
+    .trim();
+  return {
+    graphileWorker: `SELECT ${GRAPHILE_SCHEMA}.add_job(${literal(queue)}, ${literal(payloadJson)}::json)`,
+    pgBoss,
+    drop: async () => {
+      const pool = benchPool(1);
+      try {
+        await dropSchemas(pool, GRAPHILE_SCHEMA, PGBOSS_SCHEMA);
+      } finally {
+        await pool.end();
+      }
+    },
+  };
 }

@@ -17,6 +17,10 @@
  * Conditions: no listener; the lease held with no listener (the writers' own cost); a listener that
  * starts idle and follows the writes; a listener busy draining a backlog. Variants run interleaved so that drift in machine load hits all alike.
  *
+ * The alternatives' transactional enqueue (graphile-worker's `add_job()`, the `INSERT` of pg-boss's
+ * `send()`) runs in the two conditions without a listener: it does not depend on ours.
+ * They answer "what does a durable enqueue in my transaction cost with each system?".
+ *
  * Run: `npm run bench:ingest [-- --quick] [-- --rounds N]`.
  */
 import { execFile } from 'node:child_process';
@@ -26,6 +30,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type pg from 'pg';
 import { createListener, createWorker, migrate, type Listener } from 'pgq-bridge';
+import { alternativeEnqueueSql } from './alternatives.js';
 import {
   DATABASE_URL,
   REDIS_URL,
@@ -53,8 +58,18 @@ const PREFIX = 'pgqbench_ingest';
 const CLIENTS = 8;
 
 /** The variants of a write transaction. */
-const VARIANTS = ['insert', 'row only', 'function only', 'notify-v1', 'notify'] as const;
+const VARIANTS = [
+  'insert',
+  'row only',
+  'function only',
+  'notify-v1',
+  'notify',
+  'graphile-worker add_job',
+  'pg-boss send',
+] as const;
 type Variant = (typeof VARIANTS)[number];
+/** Variants of the other systems: measured only in the conditions without a listener. */
+const ALTERNATIVES: readonly Variant[] = ['graphile-worker add_job', 'pg-boss send'];
 /** What the listener does meanwhile. */
 const CONDITIONS = [
   'no listener',
@@ -90,16 +105,26 @@ export interface IngestResult {
 const PER_CALL_N = 20_000;
 
 const INSERT = `INSERT INTO ${APP}.orders (customer, amount) VALUES ('c42', 1)`;
-const SCRIPTS: Record<Variant, string> = {
-  insert: `${INSERT};\n`,
-  // The floor of any design that stores the notification as a row: the same INSERT plus a plain
-  // INSERT into a table shaped like notifications (same columns, check, indexes), no function.
-  'row only': `${INSERT} \\; INSERT INTO ${APP}.shaped (channel, payload) VALUES ('orders', '{"amount": 1}');\n`,
-  // The floor of a notify() function: a PL/pgSQL body that does nothing but store the row.
-  'function only': `${INSERT} \\; SELECT ${APP}.insert_only('orders', '{"amount": 1}');\n`,
-  'notify-v1': `${INSERT} \\; SELECT ${APP}.notify_v1('orders', '{"amount": 1}');\n`,
-  notify: `${INSERT} \\; SELECT ${SCHEMA}.notify('orders', '{"amount": 1}');\n`,
-};
+const PAYLOAD = '{"amount": 1}';
+
+/** The pgbench script of each variant; `alternatives` holds the other systems' enqueue SQL. */
+function scripts(alternatives: {
+  graphileWorker: string;
+  pgBoss: string;
+}): Record<Variant, string> {
+  return {
+    insert: `${INSERT};\n`,
+    // The floor of any design that stores the notification as a row: the same INSERT plus a plain
+    // INSERT into a table shaped like notifications (same columns and indexes), no function.
+    'row only': `${INSERT} \\; INSERT INTO ${APP}.shaped (channel, payload) VALUES ('orders', '${PAYLOAD}');\n`,
+    // The floor of a notify() function: a PL/pgSQL body that does nothing but store the row.
+    'function only': `${INSERT} \\; SELECT ${APP}.insert_only('orders', '${PAYLOAD}');\n`,
+    'notify-v1': `${INSERT} \\; SELECT ${APP}.notify_v1('orders', '${PAYLOAD}');\n`,
+    notify: `${INSERT} \\; SELECT ${SCHEMA}.notify('orders', '${PAYLOAD}');\n`,
+    'graphile-worker add_job': `${INSERT} \\; ${alternatives.graphileWorker};\n`,
+    'pg-boss send': `${INSERT} \\; ${alternatives.pgBoss};\n`,
+  };
+}
 
 async function pgbench(file: string, seconds: number): Promise<number> {
   const { stdout } = await run(
@@ -146,6 +171,7 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
   const redis = benchRedis();
   const dir = await mkdtemp(join(tmpdir(), 'pgq-bench-'));
   let listener: Listener | undefined;
+  let alternatives: Awaited<ReturnType<typeof alternativeEnqueueSql>> | undefined;
   try {
     await dropSchemas(db, SCHEMA, APP);
     await clearPrefix(redis, PREFIX);
@@ -186,6 +212,8 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
     });
     await worker.start();
     await worker.close();
+    alternatives = await alternativeEnqueueSql('orders', PAYLOAD);
+    const SCRIPTS = scripts(alternatives);
     for (const variant of VARIANTS) await writeFile(join(dir, `${variant}.sql`), SCRIPTS[variant]);
 
     const unbridged = async (): Promise<number> =>
@@ -229,6 +257,7 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
       }
       for (let r = 0; r < flags.rounds; r++) {
         for (const variant of VARIANTS) {
+          if (c > 1 && ALTERNATIVES.includes(variant)) continue;
           await settle();
           if (c === BUSY) {
             await db.query(
@@ -289,6 +318,7 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
       const base = median(tps.get(`${condition}|insert`) ?? [NaN]);
       for (const variant of VARIANTS) {
         const key = `${condition}|${variant}`;
+        if (!tps.has(key)) continue;
         const value = median(tps.get(key) ?? [NaN]);
         const left = backlogLeft.get(key);
         cases.push({
@@ -311,6 +341,7 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
   } finally {
     await listener?.stop();
     await dropSchemas(db, SCHEMA, APP).catch(() => undefined);
+    await alternatives?.drop().catch(() => undefined);
     await clearPrefix(redis, PREFIX).catch(() => undefined);
     await rm(dir, { recursive: true, force: true });
     await db.end();
@@ -318,20 +349,23 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
   }
 }
 
+const LABELS: Record<Variant, string> = {
+  insert: 'INSERT',
+  'row only': 'INSERT + INSERT of a notification-shaped row',
+  'function only': 'INSERT + a function that only does that INSERT',
+  'notify-v1': 'INSERT + notify-v1()',
+  notify: 'INSERT + notify()',
+  'graphile-worker add_job': 'INSERT + graphile-worker add_job()',
+  'pg-boss send': "INSERT + pg-boss send()'s INSERT",
+};
+
 /** Prints the result of {@link benchIngest}. */
 export function printIngest(result: IngestResult): void {
   printTable(
     `Ingest: ${result.clients} connections, ${result.seconds} s per run, median of ${result.rounds} (tps; ratio to plain INSERT in the same condition)`,
     result.cases.map((c) => ({
       condition: c.condition,
-      transaction:
-        c.variant === 'insert'
-          ? 'INSERT'
-          : c.variant === 'row only'
-            ? 'INSERT + INSERT of a notification-shaped row'
-            : c.variant === 'function only'
-              ? 'INSERT + a function that only does that INSERT'
-              : `INSERT + ${c.variant}()`,
+      transaction: LABELS[c.variant],
       tps: c.tps,
       ratio: c.ratio,
       ...(c.backlogLeft !== undefined ? { 'backlog left': c.backlogLeft } : {}),
