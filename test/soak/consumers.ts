@@ -1,5 +1,6 @@
 /**
  * The soak's consumers: 4 consumers on 3 channels (one on all three, the others on one or two).
+ * `search` runs with concurrency 20 (two BullMQ Workers per process), the others with 4.
  * Each handler first records the handling in `<soak schema>.handled` (the Postgres the chaos
  * restarts, reached through the same proxy as the bridge), then "works" for a few ms so that a
  * kill -9 often catches jobs in flight. A failed record (Postgres down or cut) throws: BullMQ
@@ -17,12 +18,19 @@ export const CONSUMERS: Record<string, readonly string[]> = {
   search: ['orders', 'users'],
 };
 
+/**
+ * Consumers that run with a concurrency of 20 instead of 4: enough that each `work` process runs
+ * them on two BullMQ Workers sharing it (src/worker.ts, fetchersFor), so the chaos also kills,
+ * cuts and restarts under the split.
+ */
+const WIDE: readonly string[] = ['search'];
+
 /** The text of the consumers file (`.mjs`), for a soak schema named `soakSchema`. */
 export function consumersFile(soakSchema: string): string {
   const defs = Object.entries(CONSUMERS)
     .map(
       ([id, channels]) =>
-        `  defineConsumer({ id: ${JSON.stringify(id)}, channels: ${JSON.stringify(channels)}, ...common,
+        `  defineConsumer({ id: ${JSON.stringify(id)}, channels: ${JSON.stringify(channels)}, ...common,${WIDE.includes(id) ? ' concurrency: 20,' : ''}
     async handle(n) { await record(${JSON.stringify(id)}, n); await busy(); } }),`,
     )
     .join('\n');
