@@ -21,6 +21,9 @@
  * `send()`) runs in the two conditions without a listener: it does not depend on ours.
  * They answer "what does a durable enqueue in my transaction cost with each system?".
  *
+ * Beside the single INSERT, a business transaction: pgbench's TPC-B-like script (one round trip
+ * per statement), alone and with notify() as one more statement; its ratio is to the script alone.
+ *
  * Run: `npm run bench:ingest [-- --quick] [-- --rounds N]`.
  */
 import { execFile } from 'node:child_process';
@@ -66,10 +69,24 @@ const VARIANTS = [
   'notify',
   'graphile-worker add_job',
   'pg-boss send',
+  'tpcb',
+  'tpcb + notify',
 ] as const;
 type Variant = (typeof VARIANTS)[number];
-/** Variants of the other systems: measured only in the conditions without a listener. */
-const ALTERNATIVES: readonly Variant[] = ['graphile-worker add_job', 'pg-boss send'];
+/**
+ * Variants measured only in the conditions without a listener: the other systems' enqueue, and
+ * the realistic transaction (pgbench's TPC-B-like script), whose cost does not depend on ours.
+ */
+const WITHOUT_LISTENER_ONLY: readonly Variant[] = [
+  'graphile-worker add_job',
+  'pg-boss send',
+  'tpcb',
+  'tpcb + notify',
+];
+/** The reference of a variant's ratio, when it is not the plain INSERT. */
+const REFERENCE: Partial<Record<Variant, Variant>> = { 'tpcb + notify': 'tpcb' };
+/** Scale of the TPC-B-like tables (accounts = 100,000 × scale): little row contention at 8 clients. */
+const TPCB_SCALE = 8;
 /** What the listener does meanwhile. */
 const CONDITIONS = [
   'no listener',
@@ -106,6 +123,19 @@ const PER_CALL_N = 20_000;
 
 const INSERT = `INSERT INTO ${APP}.orders (customer, amount) VALUES ('c42', 1)`;
 const PAYLOAD = '{"amount": 1}';
+/** pgbench's `tpcb-like` script, on the tables `pgbench -i` creates in the APP schema. */
+const TPCB = `\\set aid random(1, 100000 * ${TPCB_SCALE})
+\\set bid random(1, 1 * ${TPCB_SCALE})
+\\set tid random(1, 10 * ${TPCB_SCALE})
+\\set delta random(-5000, 5000)
+BEGIN;
+UPDATE ${APP}.pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SELECT abalance FROM ${APP}.pgbench_accounts WHERE aid = :aid;
+UPDATE ${APP}.pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
+UPDATE ${APP}.pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
+INSERT INTO ${APP}.pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
+END;
+`;
 
 /** The pgbench script of each variant; `alternatives` holds the other systems' enqueue SQL. */
 function scripts(alternatives: {
@@ -123,6 +153,11 @@ function scripts(alternatives: {
     notify: `${INSERT} \\; SELECT ${SCHEMA}.notify('orders', '${PAYLOAD}');\n`,
     'graphile-worker add_job': `${INSERT} \\; ${alternatives.graphileWorker};\n`,
     'pg-boss send': `${INSERT} \\; ${alternatives.pgBoss};\n`,
+    // A business transaction rather than a single INSERT: pgbench's built-in TPC-B-like script
+    // (3 UPDATEs, a SELECT and an INSERT, one round trip each), and the same with notify() as
+    // one more statement before the commit, as an application would send it.
+    tpcb: TPCB,
+    'tpcb + notify': TPCB.replace('END;', `SELECT ${SCHEMA}.notify('orders', '${PAYLOAD}');\nEND;`),
   };
 }
 
@@ -179,6 +214,10 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
     await clearPrefix(redis, PREFIX);
     await migrate({ db: DATABASE_URL, schema: SCHEMA });
     await db.query(`CREATE SCHEMA ${APP}`);
+    // pgbench's TPC-B-like tables, in the APP schema.
+    await run('pgbench', ['-i', '-q', '-s', String(TPCB_SCALE), DATABASE_URL], {
+      env: { ...process.env, PGOPTIONS: `-c search_path=${APP}` },
+    });
     await db.query(`CREATE TABLE ${APP}.orders (
       id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, customer text NOT NULL,
       amount numeric NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`);
@@ -259,7 +298,7 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
       }
       for (let r = 0; r < flags.rounds; r++) {
         for (const variant of VARIANTS) {
-          if (c > 1 && ALTERNATIVES.includes(variant)) continue;
+          if (c > 1 && WITHOUT_LISTENER_ONLY.includes(variant)) continue;
           await settle();
           if (c === BUSY) {
             await db.query(
@@ -321,10 +360,10 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
 
     const cases: IngestResult['cases'] = [];
     for (const condition of CONDITIONS) {
-      const base = median(tps.get(`${condition}|insert`) ?? [NaN]);
       for (const variant of VARIANTS) {
         const key = `${condition}|${variant}`;
         if (!tps.has(key)) continue;
+        const base = median(tps.get(`${condition}|${REFERENCE[variant] ?? 'insert'}`) ?? [NaN]);
         const value = median(tps.get(key) ?? [NaN]);
         const left = backlogLeft.get(key);
         cases.push({
@@ -363,6 +402,8 @@ const LABELS: Record<Variant, string> = {
   notify: 'INSERT + notify()',
   'graphile-worker add_job': 'INSERT + graphile-worker add_job()',
   'pg-boss send': "INSERT + pg-boss send()'s INSERT",
+  tpcb: 'TPC-B-like transaction (ratio to INSERT)',
+  'tpcb + notify': 'TPC-B-like + notify() (ratio to TPC-B-like)',
 };
 
 /** Prints the result of {@link benchIngest}. */
