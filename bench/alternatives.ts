@@ -29,6 +29,8 @@ export interface DrainFigure {
 
 const GRAPHILE_SCHEMA = 'pgqbench_graphile';
 const PGBOSS_SCHEMA = 'pgqbench_pgboss';
+/** The schemas {@link alternativeEnqueueSql} installs. */
+export const ALTERNATIVE_SCHEMAS = [GRAPHILE_SCHEMA, PGBOSS_SCHEMA];
 
 /** pg-boss's shortest polling interval (its documented minimum). */
 const PGBOSS_POLLING_SECONDS = 0.5;
@@ -171,15 +173,15 @@ export async function drainPgBoss(
  * - pg-boss: the `INSERT` its `send()` runs (pg-boss's own statement, from its plans module), with
  *   every option left to its default; `send()` itself also takes a round trip from Node first.
  *
- * Installs both schemas; `drop()` removes them.
+ * Installs both schemas ({@link ALTERNATIVE_SCHEMAS}: the caller drops them when done).
  */
 export async function alternativeEnqueueSql(
   queue: string,
   payloadJson: string,
-): Promise<{ graphileWorker: string; pgBoss: string; drop: () => Promise<void> }> {
+): Promise<{ graphileWorker: string; pgBoss: string }> {
   const db = benchPool(2);
   try {
-    await dropSchemas(db, GRAPHILE_SCHEMA, PGBOSS_SCHEMA);
+    await dropSchemas(db, ...ALTERNATIVE_SCHEMAS);
     await runMigrations(GRAPHILE_CONNECTION);
     const boss = new PgBoss({
       connectionString: DATABASE_URL,
@@ -208,13 +210,5 @@ export async function alternativeEnqueueSql(
   return {
     graphileWorker: `SELECT ${GRAPHILE_SCHEMA}.add_job(${literal(queue)}, ${literal(payloadJson)}::json)`,
     pgBoss,
-    drop: async () => {
-      const pool = benchPool(1);
-      try {
-        await dropSchemas(pool, GRAPHILE_SCHEMA, PGBOSS_SCHEMA);
-      } finally {
-        await pool.end();
-      }
-    },
   };
 }

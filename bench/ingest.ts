@@ -33,7 +33,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type pg from 'pg';
 import { createListener, createWorker, migrate, type Listener } from 'pgq-bridge';
-import { alternativeEnqueueSql } from './alternatives.js';
+import { ALTERNATIVE_SCHEMAS, alternativeEnqueueSql } from './alternatives.js';
 import {
   DATABASE_URL,
   REDIS_URL,
@@ -123,6 +123,8 @@ const PER_CALL_N = 20_000;
 
 const INSERT = `INSERT INTO ${APP}.orders (customer, amount) VALUES ('c42', 1)`;
 const PAYLOAD = '{"amount": 1}';
+/** The call every notify variant adds to its transaction. */
+const NOTIFY_CALL = `SELECT ${SCHEMA}.notify('orders', '${PAYLOAD}')`;
 /** pgbench's `tpcb-like` script, on the tables `pgbench -i` creates in the APP schema. */
 const TPCB = `\\set aid random(1, 100000 * ${TPCB_SCALE})
 \\set bid random(1, 1 * ${TPCB_SCALE})
@@ -150,14 +152,14 @@ function scripts(alternatives: {
     // The floor of a notify() function: a PL/pgSQL body that does nothing but store the row.
     'function only': `${INSERT} \\; SELECT ${APP}.insert_only('orders', '${PAYLOAD}');\n`,
     'notify-v1': `${INSERT} \\; SELECT ${APP}.notify_v1('orders', '${PAYLOAD}');\n`,
-    notify: `${INSERT} \\; SELECT ${SCHEMA}.notify('orders', '${PAYLOAD}');\n`,
+    notify: `${INSERT} \\; ${NOTIFY_CALL};\n`,
     'graphile-worker add_job': `${INSERT} \\; ${alternatives.graphileWorker};\n`,
     'pg-boss send': `${INSERT} \\; ${alternatives.pgBoss};\n`,
     // A business transaction rather than a single INSERT: pgbench's built-in TPC-B-like script
     // (3 UPDATEs, a SELECT and an INSERT, one round trip each), and the same with notify() as
     // one more statement before the commit, as an application would send it.
     tpcb: TPCB,
-    'tpcb + notify': TPCB.replace('END;', `SELECT ${SCHEMA}.notify('orders', '${PAYLOAD}');\nEND;`),
+    'tpcb + notify': TPCB.replace('END;', `${NOTIFY_CALL};\nEND;`),
   };
 }
 
@@ -208,7 +210,6 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
   const redis = benchRedis();
   const dir = await mkdtemp(join(tmpdir(), 'pgq-bench-'));
   let listener: Listener | undefined;
-  let alternatives: Awaited<ReturnType<typeof alternativeEnqueueSql>> | undefined;
   try {
     await dropSchemas(db, SCHEMA, APP);
     await clearPrefix(redis, PREFIX);
@@ -253,8 +254,7 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
     });
     await worker.start();
     await worker.close();
-    alternatives = await alternativeEnqueueSql('orders', PAYLOAD);
-    const SCRIPTS = scripts(alternatives);
+    const SCRIPTS = scripts(await alternativeEnqueueSql('orders', PAYLOAD));
     for (const variant of VARIANTS) await writeFile(join(dir, `${variant}.sql`), SCRIPTS[variant]);
 
     const unbridged = async (): Promise<number> =>
@@ -385,8 +385,7 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
     };
   } finally {
     await listener?.stop();
-    await dropSchemas(db, SCHEMA, APP).catch(() => undefined);
-    await alternatives?.drop().catch(() => undefined);
+    await dropSchemas(db, SCHEMA, APP, ...ALTERNATIVE_SCHEMAS).catch(() => undefined);
     await clearPrefix(redis, PREFIX).catch(() => undefined);
     await rm(dir, { recursive: true, force: true });
     await db.end();

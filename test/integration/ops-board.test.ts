@@ -16,7 +16,7 @@ import {
   type PgqWorker,
 } from '../../src/index.js';
 import { startCli, type CliHandle } from '../support/cli.js';
-import { createTestEnv, type TestEnv } from '../support/env.js';
+import { apiSettings, createTestEnv, type TestEnv } from '../support/env.js';
 import { chromiumPath } from '../support/browser.js';
 import { scrape, valueOf } from '../support/prometheus.js';
 import { freePort } from '../support/servers.js';
@@ -54,18 +54,11 @@ afterAll(async () => {
   await t.cleanup();
 });
 
-function settings() {
-  return {
-    databaseUrl: t.databaseUrl,
-    listenDatabaseUrl: t.databaseUrl,
-    redisUrl: t.redisUrl,
-    schema: t.schema,
-    prefix: t.prefix,
-  };
-}
-
 async function startWorker(...consumers: Parameters<typeof defineConsumer>[0][]): Promise<void> {
-  const worker = createWorker({ settings: settings(), consumers: consumers.map(defineConsumer) });
+  const worker = createWorker({
+    settings: apiSettings(t),
+    consumers: consumers.map(defineConsumer),
+  });
   services.push(worker);
   await worker.start();
 }
@@ -89,7 +82,7 @@ describe('board', () => {
         },
       },
     );
-    const listener = createListener({ settings: settings() });
+    const listener = createListener({ settings: apiSettings(t) });
     services.push(listener);
     await listener.start();
     await notify(t.pool, 'orders', { total: 1 }, { schema: t.schema });

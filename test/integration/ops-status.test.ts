@@ -13,7 +13,7 @@ import {
   PermanentError,
 } from '../../src/index.js';
 import { runCli } from '../support/cli.js';
-import { createTestEnv, type TestEnv } from '../support/env.js';
+import { apiSettings, createTestEnv, type TestEnv } from '../support/env.js';
 import { waitFor } from '../support/wait.js';
 
 let t: TestEnv;
@@ -39,13 +39,7 @@ interface Report {
 
 describe('status', () => {
   it('reports the backlog and per-consumer figures, and exits 3 past --max-lag', async () => {
-    const settings = {
-      databaseUrl: t.databaseUrl,
-      listenDatabaseUrl: t.databaseUrl,
-      redisUrl: t.redisUrl,
-      schema: t.schema,
-      prefix: t.prefix,
-    };
+    const settings = apiSettings(t);
     const worker = createWorker({
       settings,
       workerName: 'test-host:1',

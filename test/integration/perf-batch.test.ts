@@ -20,7 +20,7 @@ import {
 import { batchJobIdFor } from '../../src/batch-jobs.js';
 import { createRedis } from '../../src/redis.js';
 import { silentLogger } from '../../src/log.js';
-import { createTestEnv, randomId, type TestEnv } from '../support/env.js';
+import { apiSettings, createTestEnv, randomId, type TestEnv } from '../support/env.js';
 import { waitFor } from '../support/wait.js';
 
 let t: TestEnv;
@@ -40,25 +40,15 @@ afterAll(async () => {
   await t.cleanup();
 });
 
-function settings() {
-  return {
-    databaseUrl: t.databaseUrl,
-    listenDatabaseUrl: t.databaseUrl,
-    redisUrl: t.redisUrl,
-    schema: t.schema,
-    prefix: t.prefix,
-  };
-}
-
 async function startWorker(consumer: ConsumerDefinition): Promise<PgqWorker> {
-  const worker = createWorker({ settings: settings(), consumers: [consumer] });
+  const worker = createWorker({ settings: apiSettings(t), consumers: [consumer] });
   running.push(worker);
   await worker.start();
   return worker;
 }
 
 async function startListener(batchSize?: number): Promise<Listener> {
-  const listener = createListener({ settings: settings(), batchSize });
+  const listener = createListener({ settings: apiSettings(t), batchSize });
   running.push(listener);
   await listener.start();
   return listener;

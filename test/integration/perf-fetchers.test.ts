@@ -12,7 +12,7 @@ import {
   type PgqWorker,
 } from '../../src/index.js';
 import { fetchersFor, splitEvenly } from '../../src/worker.js';
-import { createTestEnv, type TestEnv } from '../support/env.js';
+import { apiSettings, createTestEnv, type TestEnv } from '../support/env.js';
 import { sleep, waitFor } from '../support/wait.js';
 
 let t: TestEnv;
@@ -42,13 +42,7 @@ describe('fetchersFor / splitEvenly', () => {
 
 describe('a consumer split over several Workers', () => {
   it('runs each of 1,500 notifications once, at most `concurrency` at a time, and drains on close', async () => {
-    const settings = {
-      databaseUrl: t.databaseUrl,
-      listenDatabaseUrl: t.databaseUrl,
-      redisUrl: t.redisUrl,
-      schema: t.schema,
-      prefix: t.prefix,
-    };
+    const settings = apiSettings(t);
     const CONCURRENCY = 40;
     const runs = new Map<string, number>();
     let active = 0;

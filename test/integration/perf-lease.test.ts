@@ -6,29 +6,17 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createListener, createWorker, migrate, notify, type Listener } from '../../src/index.js';
-import { createTestEnv, type TestEnv } from '../support/env.js';
+import { apiSettings, createTestEnv, type TestEnv } from '../support/env.js';
 import { waitFor } from '../support/wait.js';
 
 let t: TestEnv;
-let settings: {
-  databaseUrl: string;
-  listenDatabaseUrl: string;
-  redisUrl: string;
-  schema: string;
-  prefix: string;
-};
+let settings: ReturnType<typeof apiSettings>;
 const listeners: Listener[] = [];
 
 beforeAll(async () => {
   t = createTestEnv();
   await migrate({ db: t.pool, schema: t.schema });
-  settings = {
-    databaseUrl: t.databaseUrl,
-    listenDatabaseUrl: t.databaseUrl,
-    redisUrl: t.redisUrl,
-    schema: t.schema,
-    prefix: t.prefix,
-  };
+  settings = apiSettings(t);
   // A subscriber, so bridged rows become jobs (no worker runs: the jobs just wait).
   const worker = createWorker({
     settings,

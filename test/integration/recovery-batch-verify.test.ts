@@ -13,7 +13,7 @@ import {
   reconcile,
   type Notification,
 } from '../../src/index.js';
-import { createTestEnv, type TestEnv } from '../support/env.js';
+import { apiSettings, createTestEnv, type TestEnv } from '../support/env.js';
 import { waitFor } from '../support/wait.js';
 
 let t: TestEnv;
@@ -26,16 +26,6 @@ afterAll(async () => {
   await t.cleanup();
 });
 
-function settings() {
-  return {
-    databaseUrl: t.databaseUrl,
-    listenDatabaseUrl: t.databaseUrl,
-    redisUrl: t.redisUrl,
-    schema: t.schema,
-    prefix: t.prefix,
-  };
-}
-
 it('counts notifications inside batch jobs as queued, and re-enqueues a lost batch', async () => {
   const handled: string[] = [];
   const consumer = defineConsumer({
@@ -47,7 +37,7 @@ it('counts notifications inside batch jobs as queued, and re-enqueues a lost bat
     },
   });
   // Register the consumer, then stop its worker so the batch jobs wait in the queue.
-  const registering = createWorker({ settings: settings(), consumers: [consumer] });
+  const registering = createWorker({ settings: apiSettings(t), consumers: [consumer] });
   await registering.start();
   await registering.close();
 
@@ -55,7 +45,7 @@ it('counts notifications inside batch jobs as queued, and re-enqueues a lost bat
     `SELECT "${t.schema}".notify('products', jsonb_build_object('i', i))
        FROM generate_series(1, 300) AS i`,
   );
-  const listener = createListener({ settings: settings() });
+  const listener = createListener({ settings: apiSettings(t) });
   await listener.start();
   await waitFor(
     async () =>
@@ -73,7 +63,7 @@ it('counts notifications inside batch jobs as queued, and re-enqueues a lost bat
   expect(waiting.length).toBeGreaterThan(1);
   expect(waiting.every((job) => job.id?.startsWith('b'))).toBe(true);
 
-  const first = await reconcile({ settings: settings(), verify: true });
+  const first = await reconcile({ settings: apiSettings(t), verify: true });
   expect(first.enqueued).toBe(0);
   expect(first.alreadyQueued).toBe(300);
 
@@ -81,12 +71,12 @@ it('counts notifications inside batch jobs as queued, and re-enqueues a lost bat
   const lost = waiting[0];
   const lostIds = (lost.data as { batch: { id: string }[] }).batch.map((n) => n.id);
   await lost.remove();
-  const second = await reconcile({ settings: settings(), verify: true });
+  const second = await reconcile({ settings: apiSettings(t), verify: true });
   expect(second.enqueued).toBe(lostIds.length);
   expect(second.alreadyQueued).toBe(300 - lostIds.length);
   await queue.close();
 
-  const worker = createWorker({ settings: settings(), consumers: [consumer] });
+  const worker = createWorker({ settings: apiSettings(t), consumers: [consumer] });
   await worker.start();
   await waitFor(() => handled.length >= 300, {
     timeoutMs: 30_000,

@@ -75,6 +75,26 @@ export function testRedisUrl(): string {
   );
 }
 
+/**
+ * The settings of the programmatic API (`createListener`, `createWorker`, ...) for this test
+ * file's servers, schema and prefix; LISTEN goes to the same database.
+ */
+export function apiSettings(t: TestEnv): {
+  databaseUrl: string;
+  listenDatabaseUrl: string;
+  redisUrl: string;
+  schema: string;
+  prefix: string;
+} {
+  return {
+    databaseUrl: t.databaseUrl,
+    listenDatabaseUrl: t.databaseUrl,
+    redisUrl: t.redisUrl,
+    schema: t.schema,
+    prefix: t.prefix,
+  };
+}
+
 /** Variables a CLI child must not inherit from the test runner's own environment. */
 const INHERITED_SETTINGS = [
   'DATABASE_URL',
