@@ -2,9 +2,9 @@ import { existsSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { ConfigError } from './errors.js';
 import { PREFIX_PATTERN, SCHEMA_PATTERN } from './identifiers.js';
-import { importUserFile } from './load-module.js';
+import { importUserFile } from './consume/load-module.js';
 import { redactSecrets, type LogFormat } from './log.js';
-import type { ConsumerDefinition } from './consumers.js';
+import type { ConsumerDefinition } from './consume/consumers.js';
 
 /** Log levels accepted by `--log-level` / `LOG_LEVEL`. */
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;

@@ -2,7 +2,7 @@
  * pgq-bridge: durable PostgreSQL notifications, delivered as BullMQ jobs.
  * @packageDocumentation
  */
-export { notify, type NotifyOptions } from './notify.js';
+export { notify, type NotifyOptions } from './produce/notify.js';
 export {
   defineConsumer,
   loadConsumersDir,
@@ -14,8 +14,8 @@ export {
   type KeepJobs,
   type ChannelRef,
   type PayloadOfChannels,
-} from './consumers.js';
-export type { Notification, Change } from './notification.js';
+} from './consume/consumers.js';
+export type { Notification, Change } from './consume/notification.js';
 export {
   defineChannel,
   type Channel,
@@ -23,13 +23,13 @@ export {
   type PayloadValidator,
   type StandardSchemaV1,
   type StandardSchemaResult,
-} from './channel.js';
+} from './produce/channel.js';
 export {
   withContext,
   setContext,
   type NotificationContext,
   type TransactionClient,
-} from './context.js';
+} from './produce/context.js';
 export {
   addTrigger,
   removeTrigger,
@@ -41,7 +41,7 @@ export {
   type TableRef,
   type InstalledTrigger,
   type TriggerEvent,
-} from './triggers.js';
+} from './produce/triggers.js';
 export { PgqError, PermanentError, UsageError, ConfigError } from './errors.js';
 export {
   defineConfig,
@@ -51,10 +51,11 @@ export {
   type ResolvedConfig,
 } from './config.js';
 export { migrate, migrationScript, type MigrateOptions, type MigrateResult } from './db/migrate.js';
-export { createListener, jobIdFor, type Listener, type ListenerOptions } from './bridge.js';
-export { createWorker, type PgqWorker, type WorkerOptions } from './worker.js';
-export { reconcile, type ReconcileOptions, type ReconcileResult } from './reconcile.js';
-export { cleanup, type CleanupOptions, type CleanupResult } from './cleanup.js';
+export { createListener, type Listener, type ListenerOptions } from './bridge/listener.js';
+export { jobIdFor } from './bridge/plan.js';
+export { createWorker, type PgqWorker, type WorkerOptions } from './consume/worker.js';
+export { reconcile, type ReconcileOptions, type ReconcileResult } from './recover/reconcile.js';
+export { cleanup, type CleanupOptions, type CleanupResult } from './recover/cleanup.js';
 export { createLogger, type Logger } from './log.js';
 export {
   status,
@@ -63,8 +64,12 @@ export {
   type StatusReport,
   type ConsumerStatus,
   type JobCounts,
-} from './status.js';
-export { assertSchemaCurrent, runStartupChecks, type StartupCheckOptions } from './checks.js';
+} from './operate/status.js';
+export {
+  assertSchemaCurrent,
+  runStartupChecks,
+  type StartupCheckOptions,
+} from './operate/checks.js';
 export {
   createRedis,
   queuePrefix,
@@ -77,7 +82,7 @@ export {
   supervisorStopRequested,
   type Supervisor,
   type SupervisorOptions,
-} from './supervisor.js';
+} from './operate/supervisor.js';
 export {
   Metrics,
   startMetricsServer,
@@ -85,7 +90,7 @@ export {
   type MetricsServerOptions,
   type BatchEvent,
   type JobOutcome,
-} from './metrics.js';
+} from './operate/metrics.js';
 export {
   createBoardRouter,
   startBoard,
@@ -95,5 +100,5 @@ export {
   type BoardServer,
   type StartBoardOptions,
   type BasicAuth,
-} from './board.js';
-export { startAll, type StartAllOptions, type AllInOne } from './start.js';
+} from './operate/board.js';
+export { startAll, type StartAllOptions, type AllInOne } from './operate/start.js';

@@ -21,7 +21,7 @@ export async function boardBasicAuth(flag: string | undefined): Promise<string |
   const value = flag ?? (process.env.BOARD_BASIC_AUTH || undefined);
   if (value !== undefined) {
     // Loaded on use: Express and Bull Board are heavy for every other command.
-    const { parseBasicAuth } = await import('../board.js');
+    const { parseBasicAuth } = await import('../operate/board.js');
     parseBasicAuth(value);
   }
   return value;
@@ -53,7 +53,7 @@ export function registerBoard(program: Command): void {
     } catch (error) {
       throw new UsageError(`--basic-auth / BOARD_BASIC_AUTH: ${(error as Error).message}`);
     }
-    const { startBoard } = await import('../board.js');
+    const { startBoard } = await import('../operate/board.js');
     const board = await startBoard({
       settings: config,
       port: opts.port,

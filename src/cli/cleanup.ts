@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { cleanup, type CleanupResult } from '../cleanup.js';
+import { cleanup, type CleanupResult } from '../recover/cleanup.js';
 import { abortOnSignal } from './abort.js';
 import { commandContext, nonNegativeNumber, positiveInt } from './context.js';
 

@@ -5,7 +5,7 @@ import {
   selectConsumers,
   validateConsumers,
   type ConsumerDefinition,
-} from '../consumers.js';
+} from '../consume/consumers.js';
 import { list, nonNegativeNumber, positiveInt } from './context.js';
 
 /** The flags that choose and tune the consumers a command runs (`work`, `start`). */

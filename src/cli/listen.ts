@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
-import { createListener } from '../bridge.js';
+import { createListener } from '../bridge/listener.js';
 import { UsageError } from '../errors.js';
-import { reconcile } from '../reconcile.js';
+import { reconcile } from '../recover/reconcile.js';
 import { serveMetrics } from './serve-metrics.js';
 import { commandContext, list, nonNegativeNumber, positiveInt, runUntilSignal } from './context.js';
 

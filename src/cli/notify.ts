@@ -1,6 +1,6 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { assertChannel } from '../identifiers.js';
-import { notify } from '../notify.js';
+import { notify } from '../produce/notify.js';
 import { commandContext, connectPostgres } from './context.js';
 
 function jsonArgument(value: string): unknown {

@@ -1,6 +1,6 @@
 import { setFlagsFromString } from 'node:v8';
 import { type Command, InvalidArgumentError } from 'commander';
-import { reconcile, type ReconcileResult } from '../reconcile.js';
+import { reconcile, type ReconcileResult } from '../recover/reconcile.js';
 import { commandContext, list, positiveInt } from './context.js';
 import { abortOnSignal } from './abort.js';
 

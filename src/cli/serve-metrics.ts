@@ -1,4 +1,4 @@
-import { Metrics, startMetricsServer, stopServer } from '../metrics.js';
+import { Metrics, startMetricsServer, stopServer } from '../operate/metrics.js';
 import type { Settings } from '../config.js';
 import type { Logger } from '../log.js';
 

@@ -50,7 +50,7 @@ export function registerStart(program: Command): void {
       }
     }
     // Loaded on use: Express and Bull Board are heavy for every other command.
-    const { startAll } = await import('../start.js');
+    const { startAll } = await import('../operate/start.js');
     const app = await startAll({
       settings: config,
       consumers,

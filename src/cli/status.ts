@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { formatStatus, status } from '../status.js';
+import { formatStatus, status } from '../operate/status.js';
 import { commandContext, nonNegativeNumber } from './context.js';
 
 interface StatusFlags {

@@ -1,14 +1,14 @@
 import { Command, InvalidArgumentError } from 'commander';
 import pg from 'pg';
 import type { TriggerEvent } from '../db/triggers.js';
-import { parseIdentifierList } from '../table-name.js';
+import { parseIdentifierList } from '../produce/table-name.js';
 import {
   addTrigger,
   listTriggers,
   removeTrigger,
   triggerSql,
   type InstalledTrigger,
-} from '../triggers.js';
+} from '../produce/triggers.js';
 import { commandContext, list, connectPostgres } from './context.js';
 
 interface AddFlags {

@@ -1,6 +1,6 @@
 import cluster from 'node:cluster';
 import type { Command } from 'commander';
-import { channelNames } from '../consumers.js';
+import { channelNames } from '../consume/consumers.js';
 import { UsageError } from '../errors.js';
 import {
   exposeToSupervisor,
@@ -8,9 +8,9 @@ import {
   stopServer,
   supervisorMetricsText,
   supervisorRegistry,
-} from '../metrics.js';
-import { createSupervisor, supervisorStopRequested } from '../supervisor.js';
-import { createWorker } from '../worker.js';
+} from '../operate/metrics.js';
+import { createSupervisor, supervisorStopRequested } from '../operate/supervisor.js';
+import { createWorker } from '../consume/worker.js';
 import { serveMetrics } from './serve-metrics.js';
 import { configuredConsumers, consumerOptions, type ConsumerFlags } from './consumer-options.js';
 import { commandContext, positiveInt, runUntilSignal } from './context.js';

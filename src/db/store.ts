@@ -256,7 +256,7 @@ export class Store {
         const afterId = isNewConsumer && c.startFrom === 'beginning' ? '0' : maxId;
         const subs = await client.query<{ channel: string; after_id: string }>(
           // playback_through_id: rows up to the newest stored one may have been bridged before
-          // this subscription existed; playback (src/reconcile.ts) enqueues those for it.
+          // this subscription existed; playback (src/recover/reconcile.ts) enqueues those for it.
           `INSERT INTO ${this.s}.subscriptions (consumer_id, channel, after_id, playback_through_id)
            SELECT $1, ch, $3, $4 FROM unnest($2::text[]) AS ch
            ON CONFLICT (consumer_id, channel) DO NOTHING

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import pg from 'pg';
 import { quoteIdent } from '../identifiers.js';
-import type { QualifiedName } from '../table-name.js';
+import type { QualifiedName } from '../produce/table-name.js';
 import type { Queryable } from './store.js';
 
 /** Row events a data-change trigger can fire on. */

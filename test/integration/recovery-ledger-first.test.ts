@@ -19,7 +19,7 @@ import {
   startWork,
   stopGracefully,
   writeConsumers,
-} from '../support/core.js';
+} from '../support/delivery.js';
 import { sleep, waitFor } from '../support/wait.js';
 
 let t: TestEnv;

@@ -6,7 +6,7 @@ import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate } from '../../src/index.js';
 import { Store } from '../../src/db/store.js';
-import { LedgerWriter } from '../../src/ledger.js';
+import { LedgerWriter } from '../../src/consume/ledger.js';
 import { createLogger } from '../../src/log.js';
 import { createTestEnv, type TestEnv } from '../support/env.js';
 

@@ -17,7 +17,7 @@ import {
   stopGracefully,
   waitForHandled,
   writeConsumers,
-} from '../support/core.js';
+} from '../support/delivery.js';
 import { sleep } from '../support/wait.js';
 
 const TOTAL = 5000;

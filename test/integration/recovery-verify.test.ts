@@ -18,7 +18,7 @@ import {
   stopGracefully,
   waitForHandled,
   writeConsumers,
-} from '../support/core.js';
+} from '../support/delivery.js';
 import { sleep, waitFor } from '../support/wait.js';
 
 const TOTAL = 20_000;

@@ -26,7 +26,7 @@ import {
   stopGracefully,
   waitForHandled,
   writeConsumers,
-} from '../support/core.js';
+} from '../support/delivery.js';
 import { freePort } from '../support/servers.js';
 
 const GROUPS = ['runtime', 'writer', 'monitor', 'maintenance'] as const;

@@ -1,8 +1,8 @@
 /** Issue 4, pure parts: table-name parsing, trigger DDL, and `n.change` from a payload. */
 import { describe, expect, it } from 'vitest';
 import { conditionFor, planTriggers, triggerName } from '../../src/db/triggers.js';
-import { changeOf, toNotification } from '../../src/notification.js';
-import { parseIdentifierList, parseQualifiedName } from '../../src/table-name.js';
+import { changeOf, toNotification } from '../../src/consume/notification.js';
+import { parseIdentifierList, parseQualifiedName } from '../../src/produce/table-name.js';
 
 describe('parseQualifiedName', () => {
   it.each([

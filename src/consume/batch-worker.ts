@@ -1,0 +1,279 @@
+import { UnrecoverableError, type Job, type JobsOptions, type Queue } from 'bullmq';
+import type { BatchConsumerDefinition } from './consumers.js';
+import type { DeliveryOutcome, Queryable, Store } from '../db/store.js';
+import type { Logger } from '../log.js';
+import { removedAtOnce } from './ledger.js';
+import type { Metrics } from '../operate/metrics.js';
+import {
+  toNotification,
+  type BatchJobData,
+  type Notification,
+  type NotificationJobData,
+} from './notification.js';
+import { errorMessage, withTimeout } from '../util.js';
+
+/** Jobs a batch consumer's worker may hold at once, beyond `concurrency`, to merge small ones. */
+export const MERGE_SLOTS = 16;
+
+/** What a {@link BatchRunner} needs from the worker that hosts it. */
+export interface BatchRunnerDeps {
+  store: Store;
+  db: Queryable;
+  log: Logger;
+  /** Handler calls at once (the consumer's `concurrency`, or the worker's override). */
+  concurrency: number;
+  /**
+   * Records a final outcome in the delivery ledger; undefined when the ledger is off. With `now`,
+   * writes it at once and resolves when written (for jobs BullMQ removes as soon as they finish).
+   */
+  record?: (outcome: DeliveryOutcome, now: boolean) => void | Promise<void>;
+  metrics?: Metrics;
+  /** The consumer's queue (for the single-notification jobs of a split batch). */
+  queue: () => Queue;
+  /** Job id of a single notification (`jobIdFor`): a split dedupes with replays of it. */
+  jobIdFor: (notificationId: string) => string;
+}
+
+/** One BullMQ job waiting for, or taking part in, a handler call. */
+interface Member {
+  job: Job;
+  entries: NotificationJobData[];
+  attempt: number;
+  isReplay: boolean;
+  settle: (error: unknown) => void;
+}
+
+function isPermanent(error: unknown): boolean {
+  return (
+    error instanceof UnrecoverableError ||
+    (error instanceof Error && error.name === 'UnrecoverableError')
+  );
+}
+
+/** The notifications of a job: a bridge batch, or a single one (replay, playback, split). */
+function entriesOf(data: unknown): { entries: NotificationJobData[]; replay: boolean } | null {
+  const d = data as Partial<BatchJobData & NotificationJobData> | undefined;
+  if (d && Array.isArray(d.batch)) return { entries: d.batch, replay: d.replay === true };
+  if (d && typeof d.id === 'string') {
+    return { entries: [d as NotificationJobData], replay: d.replay === true };
+  }
+  return null;
+}
+
+/**
+ * Runs a batch consumer's jobs (see docs/performance.md, "Batch consumers", for the semantics):
+ *
+ * - A job carries the notifications the bridge packed together (at most `batch.size`), or one
+ *   notification (replays, playback, a split batch). Notifications the ledger already records as
+ *   completed are left out, so a job added twice in different groupings is not handled twice in
+ *   sequence.
+ * - First attempts of jobs smaller than `size` wait up to `maxWaitMs` for other jobs to fill a
+ *   handler call (up to {@link MERGE_SLOTS} extra jobs held). If a merged call fails, each job's
+ *   notifications are handled again alone, at once: only that outcome counts for the job, so a
+ *   bad notification never fails its neighbours.
+ * - A failed job is retried by BullMQ (attempts, backoff). When it fails for good (attempts used
+ *   up, or `PermanentError`) and holds several notifications, it is split: each notification gets
+ *   a job of its own (`n<id>`, full attempts) and the batch job completes with `{ split }`. A
+ *   single notification that fails for good is a dead letter, recorded as failed in the ledger.
+ */
+export class BatchRunner {
+  /** BullMQ concurrency for the consumer's Worker. */
+  readonly workerConcurrency: number;
+  private readonly size: number;
+  private readonly maxWaitMs: number;
+  private open: { members: Member[]; count: number; timer: NodeJS.Timeout } | undefined;
+  private running = 0;
+  private readonly gate: (() => void)[] = [];
+
+  constructor(
+    private readonly def: BatchConsumerDefinition,
+    private readonly deps: BatchRunnerDeps,
+  ) {
+    this.size = def.batch.size;
+    this.maxWaitMs = def.batch.maxWaitMs;
+    const merging = this.maxWaitMs > 0 && this.size > 1;
+    this.workerConcurrency = deps.concurrency + (merging ? Math.min(this.size, MERGE_SLOTS) : 0);
+  }
+
+  /** The BullMQ processor. */
+  readonly process = async (job: Job): Promise<unknown> => {
+    const parsed = entriesOf(job.data);
+    if (!parsed) {
+      throw new UnrecoverableError(
+        'job data is missing from Redis (evicted or wiped?): run pgq-bridge reconcile --verify',
+      );
+    }
+    const attempt = job.attemptsMade + 1;
+    const done = await this.deps.store.completedAmong(
+      this.deps.db,
+      this.def.id,
+      parsed.entries.map((e) => e.id),
+    );
+    const entries = parsed.entries.filter((e) => !done.has(e.id));
+    if (entries.length === 0) return { skipped: 'already completed per the ledger' };
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const member: Member = {
+          job,
+          entries,
+          attempt,
+          isReplay: parsed.replay,
+          settle: (error) => (error === undefined ? resolve() : reject(error)),
+        };
+        if (attempt === 1 && this.maxWaitMs > 0 && entries.length < this.size) this.gather(member);
+        else void this.run([member]);
+      });
+      return { handled: entries.length };
+    } catch (error) {
+      return this.failed(job, entries, attempt, error);
+    }
+  };
+
+  /** Adds a small first-attempt job to the open group; the group runs when full or when due. */
+  private gather(member: Member): void {
+    if (this.open && this.open.count + member.entries.length > this.size) this.flush();
+    if (!this.open) {
+      const timer = setTimeout(() => this.flush(), this.maxWaitMs);
+      this.open = { members: [], count: 0, timer };
+    }
+    this.open.members.push(member);
+    this.open.count += member.entries.length;
+    // Full, or every extra slot is taken (no further job can arrive to fill it): run now.
+    if (this.open.count >= this.size || this.open.members.length >= MERGE_SLOTS) this.flush();
+  }
+
+  private flush(): void {
+    const group = this.open;
+    if (!group) return;
+    this.open = undefined;
+    clearTimeout(group.timer);
+    void this.run(group.members);
+  }
+
+  /** One handler call for `members` (at most `concurrency` at once); settles every member. */
+  private async run(members: Member[]): Promise<void> {
+    await this.acquire();
+    const started = performance.now();
+    let error: unknown;
+    try {
+      const notifications: Notification[] = [];
+      for (const m of members) {
+        for (const e of m.entries) notifications.push(toNotification(e, m.attempt, m.isReplay));
+      }
+      const call = Promise.resolve(this.def.handleBatch(notifications, members[0].job));
+      if (this.def.timeout) {
+        await withTimeout(call, this.def.timeout, `batch handler of ${this.def.id} timed out`);
+      } else await call;
+    } catch (caught) {
+      error = caught ?? new Error('batch handler threw a nullish value');
+    } finally {
+      this.release();
+    }
+    const seconds = (performance.now() - started) / 1000;
+    if (error === undefined) {
+      await Promise.all(
+        members.map(async (m) => {
+          this.deps.metrics?.observeJob(this.def.id, 'completed', seconds);
+          const now = removedAtOnce(m.job.opts.removeOnComplete);
+          await Promise.all(
+            m.entries.map((e) => this.outcome(e, 'completed', m.attempt, null, now)),
+          );
+          m.settle(undefined);
+        }),
+      );
+      return;
+    }
+    if (members.length === 1) {
+      members[0].settle(error);
+      return;
+    }
+    // A merged call failed: which job's notification was bad is unknown, so each job runs alone.
+    this.deps.log.warn(
+      { consumer: this.def.id, jobs: members.length, err: errorMessage(error) },
+      'merged batch failed; handling its jobs one by one',
+    );
+    await Promise.all(members.map((m) => this.run([m])));
+  }
+
+  /** After a job's handler call failed: retry, split, or dead letter. */
+  private async failed(
+    job: Job,
+    entries: NotificationJobData[],
+    attempt: number,
+    error: unknown,
+  ): Promise<unknown> {
+    const attempts = job.opts.attempts ?? 1;
+    const final = isPermanent(error) || attempt >= attempts;
+    const fields = {
+      consumer: this.def.id,
+      jobId: job.id,
+      notificationIds: entries.length <= 10 ? entries.map((e) => e.id) : undefined,
+      notifications: entries.length,
+      attempt,
+      err: errorMessage(error),
+    };
+    if (!final) {
+      this.deps.metrics?.observeJob(this.def.id, 'retried', 0);
+      this.deps.log.warn(fields, 'batch handler failed; will retry');
+      throw error;
+    }
+    if (entries.length > 1) {
+      // Split: every notification retried on its own, so one bad notification fails alone.
+      const opts: JobsOptions = {
+        attempts: job.opts.attempts,
+        backoff: job.opts.backoff,
+        removeOnComplete: job.opts.removeOnComplete,
+        removeOnFail: job.opts.removeOnFail,
+      };
+      await this.deps.queue().addBulk(
+        entries.map((e) => ({
+          name: e.channel,
+          data: e,
+          opts: { ...opts, jobId: this.deps.jobIdFor(e.id) },
+        })),
+      );
+      this.deps.log.warn(fields, 'batch failed for good; split into one job per notification');
+      return { split: entries.length };
+    }
+    this.deps.metrics?.observeJob(this.def.id, 'failed', 0);
+    this.deps.log.error(
+      { ...fields, notificationId: entries[0].id, channel: entries[0].channel },
+      'handler failed for good (job kept as failed)',
+    );
+    await this.outcome(
+      entries[0],
+      'failed',
+      attempt,
+      errorMessage(error).slice(0, 2000),
+      removedAtOnce(job.opts.removeOnFail),
+    );
+    throw error;
+  }
+
+  private outcome(
+    e: NotificationJobData,
+    status: 'completed' | 'failed',
+    attempts: number,
+    lastError: string | null,
+    now = false,
+  ): void | Promise<void> {
+    return this.deps.record?.(
+      { consumerId: this.def.id, notificationId: e.id, status, attempts, lastError },
+      now,
+    );
+  }
+
+  private acquire(): Promise<void> {
+    if (this.running < this.deps.concurrency) {
+      this.running++;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.gate.push(resolve));
+  }
+
+  private release(): void {
+    const next = this.gate.shift();
+    if (next) next();
+    else this.running--;
+  }
+}
