@@ -16,6 +16,7 @@ export {
   type PayloadOfChannels,
 } from './consume/consumers.js';
 export type { Notification, Change } from './consume/notification.js';
+export type { HandlerContext } from './consume/attempt.js';
 export {
   defineChannel,
   type Channel,

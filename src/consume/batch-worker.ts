@@ -1,16 +1,13 @@
-import { UnrecoverableError, type Job, type JobsOptions, type Queue } from 'bullmq';
+import type { Job, JobsOptions, Queue } from 'bullmq';
 import type { BatchConsumerDefinition } from './consumers.js';
-import type { DeliveryOutcome, Queryable, Store } from '../db/store.js';
+import type { Queryable, Store } from '../db/store.js';
 import type { Logger } from '../log.js';
-import { removedAtOnce } from './ledger.js';
+import type { LedgerWriter } from './ledger.js';
 import type { Metrics } from '../operate/metrics.js';
-import {
-  toNotification,
-  type BatchJobData,
-  type Notification,
-  type NotificationJobData,
-} from './notification.js';
-import { errorMessage, withTimeout } from '../util.js';
+import type { Attempts } from './attempt.js';
+import { attemptOf, entriesOf, isPermanent } from './job-data.js';
+import { toNotification, type Notification, type NotificationJobData } from './notification.js';
+import { errorMessage } from '../util.js';
 
 /** Jobs a batch consumer's worker may hold at once, beyond `concurrency`, to merge small ones. */
 export const MERGE_SLOTS = 16;
@@ -22,11 +19,10 @@ export interface BatchRunnerDeps {
   log: Logger;
   /** Handler calls at once (the consumer's `concurrency`, or the worker's override). */
   concurrency: number;
-  /**
-   * Records a final outcome in the delivery ledger; undefined when the ledger is off. With `now`,
-   * writes it at once and resolves when written (for jobs BullMQ removes as soon as they finish).
-   */
-  record?: (outcome: DeliveryOutcome, now: boolean) => void | Promise<void>;
+  /** Writes outcomes; undefined when the ledger is off (benchmarks only). */
+  ledger: LedgerWriter | undefined;
+  /** Runs handler attempts with their signal (shared by the process's consumers). */
+  attempts: Attempts;
   metrics?: Metrics;
   /** The consumer's queue (for the single-notification jobs of a split batch). */
   queue: () => Queue;
@@ -41,23 +37,6 @@ interface Member {
   attempt: number;
   isReplay: boolean;
   settle: (error: unknown) => void;
-}
-
-function isPermanent(error: unknown): boolean {
-  return (
-    error instanceof UnrecoverableError ||
-    (error instanceof Error && error.name === 'UnrecoverableError')
-  );
-}
-
-/** The notifications of a job: a bridge batch, or a single one (replay, playback, split). */
-function entriesOf(data: unknown): { entries: NotificationJobData[]; replay: boolean } | null {
-  const d = data as Partial<BatchJobData & NotificationJobData> | undefined;
-  if (d && Array.isArray(d.batch)) return { entries: d.batch, replay: d.replay === true };
-  if (d && typeof d.id === 'string') {
-    return { entries: [d as NotificationJobData], replay: d.replay === true };
-  }
-  return null;
 }
 
 /**
@@ -97,13 +76,8 @@ export class BatchRunner {
 
   /** The BullMQ processor. */
   readonly process = async (job: Job): Promise<unknown> => {
-    const parsed = entriesOf(job.data);
-    if (!parsed) {
-      throw new UnrecoverableError(
-        'job data is missing from Redis (evicted or wiped?): run pgq-bridge reconcile --verify',
-      );
-    }
-    const attempt = job.attemptsMade + 1;
+    const parsed = entriesOf(job);
+    const attempt = attemptOf(job);
     const done = await this.deps.store.completedAmong(
       this.deps.db,
       this.def.id,
@@ -160,10 +134,16 @@ export class BatchRunner {
       for (const m of members) {
         for (const e of m.entries) notifications.push(toNotification(e, m.attempt, m.isReplay));
       }
-      const call = Promise.resolve(this.def.handleBatch(notifications, members[0].job));
-      if (this.def.timeout) {
-        await withTimeout(call, this.def.timeout, `batch handler of ${this.def.id} timed out`);
-      } else await call;
+      const job = members[0].job;
+      await this.deps.attempts.run((ctx) => this.def.handleBatch(notifications, job, ctx), {
+        timeoutMs: this.def.timeout,
+        what: `batch handler of ${this.def.id}`,
+        onTimeout: () =>
+          this.deps.log.warn(
+            { consumer: this.def.id, jobId: job.id, timeoutMs: this.def.timeout },
+            'batch handler timed out; its signal is aborted and the retry waits until it settles',
+          ),
+      });
     } catch (caught) {
       error = caught ?? new Error('batch handler threw a nullish value');
     } finally {
@@ -174,9 +154,9 @@ export class BatchRunner {
       await Promise.all(
         members.map(async (m) => {
           this.deps.metrics?.observeJob(this.def.id, 'completed', seconds);
-          const now = removedAtOnce(m.job.opts.removeOnComplete);
+          const keep = m.job.opts.removeOnComplete;
           await Promise.all(
-            m.entries.map((e) => this.outcome(e, 'completed', m.attempt, null, now)),
+            m.entries.map((e) => this.outcome(e, 'completed', m.attempt, null, keep)),
           );
           m.settle(undefined);
         }),
@@ -245,7 +225,7 @@ export class BatchRunner {
       'failed',
       attempt,
       errorMessage(error).slice(0, 2000),
-      removedAtOnce(job.opts.removeOnFail),
+      job.opts.removeOnFail,
     );
     throw error;
   }
@@ -255,11 +235,11 @@ export class BatchRunner {
     status: 'completed' | 'failed',
     attempts: number,
     lastError: string | null,
-    now = false,
-  ): void | Promise<void> {
-    return this.deps.record?.(
+    keep: unknown,
+  ): Promise<void> | undefined {
+    return this.deps.ledger?.write(
       { consumerId: this.def.id, notificationId: e.id, status, attempts, lastError },
-      now,
+      keep,
     );
   }
 

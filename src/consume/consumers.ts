@@ -5,6 +5,7 @@ import { UsageError } from '../errors.js';
 import { assertChannel, assertConsumerId } from '../identifiers.js';
 import { importUserFile } from './load-module.js';
 import type { Notification } from './notification.js';
+import type { HandlerContext } from './attempt.js';
 
 /** BullMQ's "keep jobs" setting: true/false, a count, or `{ age, count }`. */
 export type KeepJobs = boolean | number | { age?: number; count?: number; limit?: number };
@@ -57,16 +58,19 @@ export function workerTuning(
 /** A consumer that handles one notification per job. */
 export interface SingleConsumerDefinition<Payload = unknown> extends ConsumerOptions {
   batch?: undefined;
-  /** Handles one notification. Throw to retry; throw `PermanentError` to fail at once. */
-  handle(notification: Notification<Payload>, job: Job): unknown;
+  /**
+   * Handles one notification. Throw to retry; throw `PermanentError` to fail at once. `ctx.signal`
+   * aborts when the attempt times out or the process stops past its shutdown timeout.
+   */
+  handle(notification: Notification<Payload>, job: Job, ctx: HandlerContext): unknown;
 }
 
 /** A consumer that receives notifications in batches (one BullMQ job per batch). */
 export interface BatchConsumerDefinition<Payload = unknown> extends ConsumerOptions {
   /** Up to `size` notifications per job, waiting at most `maxWaitMs` to fill a batch. */
   batch: { size: number; maxWaitMs: number };
-  /** Handles a batch of notifications. */
-  handleBatch(notifications: Notification<Payload>[], job: Job): unknown;
+  /** Handles a batch of notifications (`ctx` as for `handle`). */
+  handleBatch(notifications: Notification<Payload>[], job: Job, ctx: HandlerContext): unknown;
 }
 
 /** A consumer definition: a plain object; see SPEC.md. */

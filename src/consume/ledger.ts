@@ -48,6 +48,17 @@ export class LedgerWriter {
     });
   }
 
+  /**
+   * Records a final outcome the way the job's removal setting needs (`removeOnComplete` for a
+   * completion, `removeOnFail` for a failure): written before the job finishes when BullMQ
+   * removes it at once ({@link removedAtOnce}), else group-committed with the next flush.
+   */
+  write(outcome: DeliveryOutcome, keep: unknown): Promise<void> | undefined {
+    if (removedAtOnce(keep)) return this.recordNow(outcome);
+    this.record(outcome);
+    return undefined;
+  }
+
   /** Writes everything queued so far; resolves when it is in Postgres (or the write failed). */
   async flush(): Promise<void> {
     clearTimeout(this.timer);

@@ -290,7 +290,12 @@ export default [
     async handle(n) { const s = n.payload.s; await record('big', n, s.length + ':' + sha256(s)); } }),
   defineConsumer({ id: 'hang', channels: ['hang'], timeout: 300, attempts: 2, backoff: 50,
     concurrency: 1,
-    handle(n) { return n.payload.hang ? new Promise(() => {}) : record('hang', n); } }),
+    // Hangs until its signal aborts, then resolves: a late success still fails the attempt.
+    handle(n, job, ctx) {
+      return n.payload.hang
+        ? new Promise((resolve) => ctx.signal.addEventListener('abort', resolve))
+        : record('hang', n);
+    } }),
 ];`,
     });
     work = await startWork(t.env, dir, 4);
@@ -382,7 +387,7 @@ export default [
     expect(await handled('big')).toEqual([{ id, info: `${text.length}:${sha}` }]);
   });
 
-  it('a handler that never resolves is failed by its timeout; the worker carries on', async () => {
+  it('a handler that hangs until its signal aborts is failed by its timeout; the worker carries on', async () => {
     const hung = await notify(t.pool, 'hang', { hang: true }, { schema: t.schema });
     const fine = await notify(t.pool, 'hang', { hang: false }, { schema: t.schema });
     // Concurrency 1: the second one runs only once both attempts of the first timed out.

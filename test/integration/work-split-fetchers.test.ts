@@ -1,6 +1,6 @@
 /**
  * A consumer with a large `concurrency` runs on several BullMQ Workers in one process
- * (src/consume/worker.ts, fetchersFor): together they must still run each notification once, never more
+ * (src/consume/fetchers.ts, fetchersFor): together they must still run each notification once, never more
  * handlers at once than `concurrency`, and drain on close like a single Worker.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,7 +11,7 @@ import {
   type Listener,
   type PgqWorker,
 } from '../../src/index.js';
-import { fetchersFor, splitEvenly } from '../../src/consume/worker.js';
+import { fetchersFor, splitEvenly } from '../../src/consume/fetchers.js';
 import { apiSettings, createTestEnv, type TestEnv } from '../support/env.js';
 import { sleep, waitFor } from '../support/wait.js';
 

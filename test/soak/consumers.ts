@@ -20,7 +20,7 @@ export const CONSUMERS: Record<string, readonly string[]> = {
 
 /**
  * Consumers that run with a concurrency of 20 instead of 4: enough that each `work` process runs
- * them on two BullMQ Workers sharing it (src/consume/worker.ts, fetchersFor), so the chaos also kills,
+ * them on two BullMQ Workers sharing it (src/consume/fetchers.ts, fetchersFor), so the chaos also kills,
  * cuts and restarts under the split.
  */
 const WIDE: readonly string[] = ['search'];

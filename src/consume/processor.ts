@@ -1,0 +1,179 @@
+import type { Job } from 'bullmq';
+import type { SingleConsumerDefinition } from './consumers.js';
+import type { Queryable, Store } from '../db/store.js';
+import type { LedgerWriter } from './ledger.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../operate/metrics.js';
+import type { Attempts } from './attempt.js';
+import { attemptOf, isPermanent, singleEntryOf, wasRestarted } from './job-data.js';
+import { toNotification, type Notification, type NotificationJobData } from './notification.js';
+import { errorMessage } from '../util.js';
+
+/** What the per-job pipeline needs from the worker that hosts it. */
+export interface ProcessorDeps {
+  store: Store;
+  db: Queryable;
+  log: Logger;
+  metrics?: Metrics;
+  /** Writes outcomes; undefined when the ledger is off (benchmarks only). */
+  ledger: LedgerWriter | undefined;
+  /** Runs handler attempts with their signal (shared by the process's consumers). */
+  attempts: Attempts;
+}
+
+/** What the processor returns for a job the ledger already records as completed. */
+const SKIPPED = { skipped: 'already completed per the ledger' } as const;
+
+/**
+ * The BullMQ processor of a one-notification-per-job consumer. One job goes through these steps,
+ * each a function of its own so that features hook in at one place:
+ *
+ * 1. {@link singleEntryOf}: the job's notification data (a job without data fails permanently).
+ * 2. {@link alreadyCompleted}: the ledger decides whether the delivery already ran.
+ * 3. {@link notificationOf}: job data → the handler's `Notification`.
+ * 4. {@link runHandler}: the handler with its `ctx` (signal, timeout), holding the slot until
+ *    the handler settles.
+ * 5. The outcome: ledger, metrics, logs ({@link completed} / {@link failed}).
+ */
+export function createJobProcessor(
+  def: SingleConsumerDefinition,
+  deps: ProcessorDeps,
+): (job: Job) => Promise<unknown> {
+  return async (job: Job) => {
+    const data = singleEntryOf(job);
+    const attempt = attemptOf(job);
+    const isReplay = data.replay === true;
+    if (await alreadyCompleted(def, deps, job, data)) {
+      deps.log.debug(
+        { notificationId: data.id, channel: data.channel, consumer: def.id, attempt },
+        'skipped: already completed per the ledger',
+      );
+      return SKIPPED;
+    }
+    const notification = notificationOf(data, attempt, isReplay);
+    const started = performance.now();
+    let result: unknown;
+    try {
+      result = await runHandler(def, deps, notification, job);
+    } catch (error) {
+      await failed(def, deps, job, data, attempt, started, error);
+      throw error;
+    }
+    await completed(def, deps, job, data, attempt, started);
+    return result ?? null;
+  };
+}
+
+/**
+ * Whether the ledger records this delivery as completed. Asked for replays and stalled
+ * restarts, whose first run may have finished after BullMQ lost track of it.
+ */
+async function alreadyCompleted(
+  def: SingleConsumerDefinition,
+  deps: ProcessorDeps,
+  job: Job,
+  data: NotificationJobData,
+): Promise<boolean> {
+  if (data.replay !== true && !wasRestarted(job)) return false;
+  const done = await deps.store.completedAmong(deps.db, def.id, [data.id]);
+  return done.has(data.id);
+}
+
+/** The handler's view of a job's notification. */
+function notificationOf(
+  data: NotificationJobData,
+  attempt: number,
+  isReplay: boolean,
+): Notification {
+  return toNotification(data, attempt, isReplay);
+}
+
+/** One handler attempt: `handle(n, job, ctx)` under the consumer's `timeout`. */
+function runHandler(
+  def: SingleConsumerDefinition,
+  deps: ProcessorDeps,
+  notification: Notification,
+  job: Job,
+): Promise<unknown> {
+  return deps.attempts.run((ctx) => def.handle(notification, job, ctx), {
+    timeoutMs: def.timeout,
+    what: `handler of ${def.id}`,
+    onTimeout: () =>
+      deps.log.warn(
+        { notificationId: notification.id, consumer: def.id, timeoutMs: def.timeout },
+        'handler timed out; its signal is aborted and the retry waits until it settles',
+      ),
+  });
+}
+
+async function completed(
+  def: SingleConsumerDefinition,
+  deps: ProcessorDeps,
+  job: Job,
+  data: NotificationJobData,
+  attempt: number,
+  started: number,
+): Promise<void> {
+  await deps.ledger?.write(
+    {
+      consumerId: def.id,
+      notificationId: data.id,
+      status: 'completed',
+      attempts: attempt,
+      lastError: null,
+    },
+    job.opts.removeOnComplete,
+  );
+  const seconds = (performance.now() - started) / 1000;
+  deps.metrics?.observeJob(def.id, 'completed', seconds);
+  // Guarded: building the fields costs something on the hot path even when not logged.
+  if (deps.log.isLevelEnabled('debug')) {
+    deps.log.debug(
+      {
+        notificationId: data.id,
+        channel: data.channel,
+        consumer: def.id,
+        attempt,
+        ms: Math.round(seconds * 1000),
+      },
+      'handled',
+    );
+  }
+}
+
+async function failed(
+  def: SingleConsumerDefinition,
+  deps: ProcessorDeps,
+  job: Job,
+  data: NotificationJobData,
+  attempt: number,
+  started: number,
+  error: unknown,
+): Promise<void> {
+  const final = isPermanent(error) || attempt >= (job.opts.attempts ?? 1);
+  deps.metrics?.observeJob(
+    def.id,
+    final ? 'failed' : 'retried',
+    (performance.now() - started) / 1000,
+  );
+  const fields = {
+    notificationId: data.id,
+    channel: data.channel,
+    consumer: def.id,
+    attempt,
+    err: errorMessage(error),
+  };
+  if (final) deps.log.error(fields, 'handler failed for good (job kept as failed)');
+  else deps.log.warn(fields, 'handler failed; will retry');
+  if (!final) return;
+  await deps.ledger?.write(
+    {
+      consumerId: def.id,
+      notificationId: data.id,
+      status: 'failed',
+      attempts: attempt,
+      lastError: errorMessage(error).slice(0, 2000),
+    },
+    job.opts.removeOnFail,
+  );
+}
