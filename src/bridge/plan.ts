@@ -17,6 +17,8 @@ export function jobDataFor(row: NotificationRow, replay = false): NotificationJo
     context: row.context,
     createdAt: row.created_at.toISOString(),
   };
+  // Only keyed rows carry the field: unkeyed jobs stay as small as before.
+  if (row.key != null) data.key = row.key;
   if (replay) data.replay = true;
   return data;
 }

@@ -26,6 +26,11 @@ export interface Notification<Payload = unknown> {
   isReplay: boolean;
   /** Context of the writing transaction (see `withContext`), or null. */
   context: Record<string, unknown> | null;
+  /**
+   * Ordering key: given to `notify(..., { key })`, or `<schema>.<table>:<primary key as JSON>`
+   * for trigger payloads; null when the notification has none (docs/ordering.md).
+   */
+  key: string | null;
   /** For `notify_data_change()` payloads: what changed; otherwise undefined. */
   change: Change | undefined;
   isInsert(): boolean;
@@ -46,6 +51,8 @@ export interface NotificationJobData {
   context: string | null;
   /** ISO timestamp of created_at. */
   createdAt: string;
+  /** Ordering key, when the notification has one. */
+  key?: string;
   /** Set by reconcile and replays. */
   replay?: boolean;
 }
@@ -121,6 +128,7 @@ export function toNotification(
     context:
       context ??
       (isRecord(payload) && isRecord(payload.context) && change ? payload.context : null),
+    key: data.key ?? null,
     change,
     isInsert: () => change?.action === 'INSERT',
     isUpdate: () => change?.action === 'UPDATE',

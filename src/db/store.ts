@@ -11,6 +11,8 @@ export interface NotificationRow {
   payload: string;
   context: string | null;
   created_at: Date;
+  /** Ordering key (migration 0009); null or absent when the row has none. */
+  key?: string | null;
 }
 
 /** One (consumer, channel) subscription, with the consumer's job settings. */
@@ -64,12 +66,27 @@ export class Store {
     return `LISTEN ${quoteIdent(this.wakeChannel)}`;
   }
 
-  /** Stores one notification (through the SQL `notify()`, so both paths share its rules). */
-  async insertNotification(db: Queryable, channel: string, payloadJson: string): Promise<string> {
-    const res = await db.query<{ id: string }>(`SELECT ${this.s}.notify($1, $2::jsonb) AS id`, [
-      channel,
-      payloadJson,
-    ]);
+  /**
+   * Stores one notification (through the SQL `notify()`, so both paths share its rules). With a
+   * key, the three-argument `notify()`; without, the two-argument one, which pays nothing for keys.
+   */
+  async insertNotification(
+    db: Queryable,
+    channel: string,
+    payloadJson: string,
+    key?: string,
+  ): Promise<string> {
+    const res =
+      key === undefined
+        ? await db.query<{ id: string }>(`SELECT ${this.s}.notify($1, $2::jsonb) AS id`, [
+            channel,
+            payloadJson,
+          ])
+        : await db.query<{ id: string }>(`SELECT ${this.s}.notify($1, $2::jsonb, $3::text) AS id`, [
+            channel,
+            payloadJson,
+            key,
+          ]);
     return res.rows[0].id;
   }
 
@@ -130,7 +147,7 @@ export class Store {
                 ORDER BY id LIMIT ${limit}
                 FOR UPDATE SKIP LOCKED))
         RETURNING n.id, n.channel, n.payload::text AS payload, n.context::text AS context,
-                  n.created_at`;
+                  n.created_at, n.key`;
   }
 
   /**

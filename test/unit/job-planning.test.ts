@@ -43,6 +43,12 @@ describe('jobDataFor', () => {
     expect(jobDataFor(r)).not.toHaveProperty('replay');
     expect(jobDataFor(r, true).replay).toBe(true);
   });
+
+  it('carries the ordering key of keyed rows only', () => {
+    expect(jobDataFor({ ...row('8', 'orders'), key: 'public.users:7' }).key).toBe('public.users:7');
+    expect(jobDataFor({ ...row('9', 'orders'), key: null })).not.toHaveProperty('key');
+    expect(jobDataFor(row('10', 'orders'))).not.toHaveProperty('key');
+  });
 });
 
 describe('planJobs', () => {

@@ -40,6 +40,8 @@ describe('toNotification', () => {
     expect(n.change).toBeUndefined();
     expect(n.isInsert() || n.isUpdate() || n.isDelete()).toBe(false);
     expect(n.changedColumns()).toEqual([]);
+    expect(n.key).toBeNull();
+    expect(toNotification(data(1, { key: 'user:7' }), 1, false).key).toBe('user:7');
   });
 
   it('parses scalar and null payloads and the stored context', () => {
