@@ -1,5 +1,7 @@
 # pgq-bridge image: the built CLI on PATH as `pgq-bridge`.
-FROM node:20-slim
+# Node 24, the active LTS (Node 20 reached end of life in April 2026). CI tests the suite on both
+# Node 20 and Node 24; either base image works.
+FROM node:24-slim
 
 WORKDIR /app
 
