@@ -1,5 +1,5 @@
 /**
- * Issue 5: `pgq-bridge board`, seen through a real headless Chromium (Debian's `chromium`, driven
+ * Issue 5: `pgq-bridge board`, seen through a real headless Chromium (test/support/browser.ts finds one; driven
  * by playwright-core): every consumer queue, a failed job's error, consumers registered later,
  * 401 without credentials, no retry button in read-only mode, /healthz and /metrics.
  */
@@ -34,7 +34,7 @@ beforeAll(async () => {
   t = createTestEnv();
   await migrate({ db: t.pool, schema: t.schema });
   browser = await chromium.launch({
-    executablePath: chromiumPath(),
+    executablePath: await chromiumPath(),
     headless: true,
     args: [
       '--headless',
