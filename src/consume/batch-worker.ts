@@ -5,9 +5,12 @@ import type { Logger } from '../log.js';
 import type { LedgerWriter } from './ledger.js';
 import type { Metrics } from '../operate/metrics.js';
 import type { Attempts } from './attempt.js';
+import type { CompletedLookup } from './ledger-lookup.js';
 import { attemptOf, entriesOf, isPermanent } from './job-data.js';
 import { toNotification, type Notification, type NotificationJobData } from './notification.js';
 import { errorMessage } from '../util.js';
+
+const NONE: ReadonlySet<string> = new Set();
 
 /** Jobs a batch consumer's worker may hold at once, beyond `concurrency`, to merge small ones. */
 export const MERGE_SLOTS = 16;
@@ -21,6 +24,8 @@ export interface BatchRunnerDeps {
   concurrency: number;
   /** Writes outcomes; undefined when the ledger is off (benchmarks only). */
   ledger: LedgerWriter | undefined;
+  /** Asks the ledger what already ran (batched); undefined when the ledger is off. */
+  lookup: CompletedLookup | undefined;
   /** Runs handler attempts with their signal (shared by the process's consumers). */
   attempts: Attempts;
   metrics?: Metrics;
@@ -78,11 +83,12 @@ export class BatchRunner {
   readonly process = async (job: Job): Promise<unknown> => {
     const parsed = entriesOf(job);
     const attempt = attemptOf(job);
-    const done = await this.deps.store.completedAmong(
-      this.deps.db,
-      this.def.id,
-      parsed.entries.map((e) => e.id),
-    );
+    const done = this.deps.lookup
+      ? await this.deps.lookup.completedAmong(
+          this.def.id,
+          parsed.entries.map((e) => e.id),
+        )
+      : NONE;
     const entries = parsed.entries.filter((e) => !done.has(e.id));
     if (entries.length === 0) return { skipped: 'already completed per the ledger' };
     try {

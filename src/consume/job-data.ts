@@ -27,7 +27,7 @@ function missingData(): UnrecoverableError {
 /** The notification a one-per-job consumer's job carries; throws (permanently) when it has none. */
 export function singleEntryOf(job: Job): NotificationJobData {
   const data = job.data as NotificationJobData | undefined;
-  if (typeof data?.id !== 'string') throw missingData();
+  if (typeof data?.id !== 'string' || !/^[1-9][0-9]*$/.test(data.id)) throw missingData();
   return data;
 }
 

@@ -5,7 +5,8 @@ import type { LedgerWriter } from './ledger.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../operate/metrics.js';
 import type { Attempts } from './attempt.js';
-import { attemptOf, isPermanent, singleEntryOf, wasRestarted } from './job-data.js';
+import type { CompletedLookup } from './ledger-lookup.js';
+import { attemptOf, isPermanent, singleEntryOf } from './job-data.js';
 import { toNotification, type Notification, type NotificationJobData } from './notification.js';
 import { errorMessage } from '../util.js';
 
@@ -17,6 +18,8 @@ export interface ProcessorDeps {
   metrics?: Metrics;
   /** Writes outcomes; undefined when the ledger is off (benchmarks only). */
   ledger: LedgerWriter | undefined;
+  /** Asks the ledger what already ran (batched); undefined when the ledger is off. */
+  lookup: CompletedLookup | undefined;
   /** Runs handler attempts with their signal (shared by the process's consumers). */
   attempts: Attempts;
 }
@@ -29,7 +32,8 @@ const SKIPPED = { skipped: 'already completed per the ledger' } as const;
  * each a function of its own so that features hook in at one place:
  *
  * 1. {@link singleEntryOf}: the job's notification data (a job without data fails permanently).
- * 2. {@link alreadyCompleted}: the ledger decides whether the delivery already ran.
+ * 2. {@link alreadyCompleted}: the ledger decides whether the delivery already ran (every
+ *    attempt, in one batched query with the other jobs starting meanwhile).
  * 3. {@link notificationOf}: job data → the handler's `Notification`.
  * 4. {@link runHandler}: the handler with its `ctx` (signal, timeout), holding the slot until
  *    the handler settles.
@@ -43,7 +47,7 @@ export function createJobProcessor(
     const data = singleEntryOf(job);
     const attempt = attemptOf(job);
     const isReplay = data.replay === true;
-    if (await alreadyCompleted(def, deps, job, data)) {
+    if (await alreadyCompleted(def, deps, data)) {
       deps.log.debug(
         { notificationId: data.id, channel: data.channel, consumer: def.id, attempt },
         'skipped: already completed per the ledger',
@@ -65,18 +69,17 @@ export function createJobProcessor(
 }
 
 /**
- * Whether the ledger records this delivery as completed. Asked for replays and stalled
- * restarts, whose first run may have finished after BullMQ lost track of it.
+ * Whether the ledger records this delivery as completed: asked before every attempt (batched
+ * with the other jobs starting now, see {@link CompletedLookup}), because BullMQ's job id
+ * dedupes only while the job exists. A job added again after its twin completed and was removed
+ * (`removeOnComplete`), a replay, a stalled restart whose first run finished: the ledger knows.
  */
-async function alreadyCompleted(
+function alreadyCompleted(
   def: SingleConsumerDefinition,
   deps: ProcessorDeps,
-  job: Job,
   data: NotificationJobData,
-): Promise<boolean> {
-  if (data.replay !== true && !wasRestarted(job)) return false;
-  const done = await deps.store.completedAmong(deps.db, def.id, [data.id]);
-  return done.has(data.id);
+): Promise<boolean> | false {
+  return deps.lookup ? deps.lookup.isCompleted(def.id, data.id) : false;
 }
 
 /** The handler's view of a job's notification. */

@@ -15,6 +15,7 @@ import { jobIdFor } from '../bridge/plan.js';
 import { createPool } from '../db/pool.js';
 import { Store } from '../db/store.js';
 import { LedgerWriter } from './ledger.js';
+import { CompletedLookup } from './ledger-lookup.js';
 import type { Metrics } from '../operate/metrics.js';
 import { redactSecrets, silentLogger, type Logger } from '../log.js';
 import { Attempts } from './attempt.js';
@@ -78,6 +79,7 @@ class ConsumerWorkers implements PgqWorker {
   private readonly redis: RedisConnection;
   private readonly ledger: LedgerWriter;
   private readonly recordOutcomes: boolean;
+  private readonly lookup: CompletedLookup;
   /** Handler attempts of every consumer of this process (their signals abort at shutdown). */
   private readonly attempts = new Attempts();
   private readonly abort = new AbortController();
@@ -111,6 +113,7 @@ class ConsumerWorkers implements PgqWorker {
     this.redis = createRedis(options.settings, this.log, 'work');
     this.ledger = new LedgerWriter(this.store, this.pool, this.log);
     this.recordOutcomes = options.ledger ?? true;
+    this.lookup = new CompletedLookup(this.store, this.pool, this.log);
   }
 
   async start(): Promise<void> {
@@ -201,6 +204,7 @@ class ConsumerWorkers implements PgqWorker {
       log: this.log,
       concurrency: this.concurrencyOf(def),
       ledger: this.recordOutcomes ? this.ledger : undefined,
+      lookup: this.recordOutcomes ? this.lookup : undefined,
       attempts: this.attempts,
       metrics: this.options.metrics,
       queue: () => {
@@ -223,6 +227,7 @@ class ConsumerWorkers implements PgqWorker {
       log: this.log,
       metrics: this.options.metrics,
       ledger: this.recordOutcomes ? this.ledger : undefined,
+      lookup: this.recordOutcomes ? this.lookup : undefined,
       attempts: this.attempts,
     });
     return startFetchers(def, processor, this.concurrencyOf(def), this.where());
@@ -258,6 +263,7 @@ class ConsumerWorkers implements PgqWorker {
         );
       }
     }
+    this.lookup.close();
     await Promise.all(this.batchQueues.map((q) => q.close().catch(() => undefined)));
     await this.ledger.flush();
     this.ledger.close();
