@@ -74,10 +74,18 @@ export {
 export {
   createRedis,
   queuePrefix,
+  singleSlotPrefix,
   checkEvictionPolicy,
   type RedisConnection,
   type RedisSettings,
 } from './redis.js';
+export {
+  consumerQueueOptions,
+  openConsumerQueue,
+  consumersWithSingleSlotKeys,
+  type ConsumerQueueOptions,
+  type QueueLayoutSettings,
+} from './queue-layout.js';
 export {
   createSupervisor,
   supervisorStopRequested,

@@ -25,13 +25,45 @@ export function isClusterSetting(settings: RedisSettings): boolean {
   return settings.redisCluster === true || nodeUrls(settings.redisUrl).length > 1;
 }
 
+/** Whether a prefix already holds a Redis Cluster hash tag (a `{...}` with something inside). */
+export function hasHashTag(prefix: string): boolean {
+  return /\{[^}]+\}/.test(prefix);
+}
+
 /**
- * The BullMQ key prefix actually used. On a Redis Cluster, BullMQ's Lua scripts touch several
- * keys of a queue at once and Redis refuses keys of different hash slots, so the prefix is
- * wrapped in a hash tag (`pgq` → `{pgq}`): every key then hashes to the same slot.
+ * The BullMQ key prefix of one consumer's queue. BullMQ names every key of a queue
+ * `<prefix>:<queue>:<suffix>` and its Lua scripts touch several of them at once, which a Redis
+ * Cluster refuses unless they hash to one slot. So on a cluster each consumer's queue gets its
+ * own hash tag, `{<prefix>:<consumer>}` (keys `{pgq:mail}:mail:wait`, ...): one queue's keys stay
+ * in one slot while different consumers' queues spread over the nodes. The queue name stays the
+ * consumer id (Bull Board, logs and `job.queueName` show it as before).
+ *
+ * Unchanged, and so the same layout as before: on a single Redis the prefix as given; on a
+ * cluster, a prefix that holds a hash tag itself (`--prefix '{pgq}'`: every queue in that one
+ * slot, the layout of pgq-bridge 0.1 on a cluster; see README, "Running at scale").
+ *
+ * `consumerId` is required on a cluster (there is no one prefix for all queues there).
  */
-export function queuePrefix(settings: RedisSettings & { prefix: string }): string {
-  if (!isClusterSetting(settings) || /\{[^}]+\}/.test(settings.prefix)) return settings.prefix;
+export function queuePrefix(
+  settings: RedisSettings & { prefix: string },
+  consumerId?: string,
+): string {
+  if (!isClusterSetting(settings) || hasHashTag(settings.prefix)) return settings.prefix;
+  if (consumerId === undefined) {
+    throw new PgqError(
+      'PGQ_REDIS_CLUSTER',
+      'queuePrefix: on a Redis Cluster every consumer queue has its own prefix: pass the consumer id',
+    );
+  }
+  return `{${settings.prefix}:${consumerId}}`;
+}
+
+/**
+ * The prefix every queue shared on a Redis Cluster before queues had their own hash tag
+ * (`{pgq}`), or undefined where nothing changed (a single Redis, or a prefix with its own tag).
+ */
+export function singleSlotPrefix(settings: RedisSettings & { prefix: string }): string | undefined {
+  if (!isClusterSetting(settings) || hasHashTag(settings.prefix)) return undefined;
   return `{${settings.prefix}}`;
 }
 

@@ -13,13 +13,7 @@ import { claimLimitFor, planJobs } from './plan.js';
 import { QueueSet } from './queues.js';
 import { runStartupChecks } from '../operate/checks.js';
 import { PgqError } from '../errors.js';
-import {
-  closeRedis,
-  createRedis,
-  queuePrefix,
-  type RedisConnection,
-  type RedisSettings,
-} from '../redis.js';
+import { closeRedis, createRedis, type RedisConnection, type RedisSettings } from '../redis.js';
 import { errorMessage, withTimeout } from '../util.js';
 import { assertChannel } from '../identifiers.js';
 
@@ -120,7 +114,7 @@ class BridgeListener extends EventEmitter implements Listener {
       this.log,
     );
     this.redis = createRedis(settings, this.log, 'listen');
-    this.queues = new QueueSet(this.redis, queuePrefix(settings));
+    this.queues = new QueueSet(this.redis, settings);
     const leaseMs = options.wakeupLeaseMs ?? 1000;
     if (!this.channels && leaseMs > 0) {
       this.lease = new WakeupLease({ store: this.store, db: this.pool, logger: this.log, leaseMs });

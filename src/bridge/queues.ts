@@ -1,4 +1,5 @@
-import { Queue } from 'bullmq';
+import type { Queue } from 'bullmq';
+import { openConsumerQueue, type QueueLayoutSettings } from '../queue-layout.js';
 import type { RedisConnection } from '../redis.js';
 import type { PlannedJob } from './plan.js';
 import type { PlannedBatchJob } from './pack.js';
@@ -8,13 +9,14 @@ export class QueueSet {
   private readonly queues = new Map<string, Queue>();
   constructor(
     readonly redis: RedisConnection,
-    readonly prefix: string,
+    /** Decide each queue's key prefix (one hash tag per queue on a Redis Cluster). */
+    readonly layout: QueueLayoutSettings,
   ) {}
 
   get(consumerId: string): Queue {
     let queue = this.queues.get(consumerId);
     if (!queue) {
-      queue = new Queue(consumerId, { connection: this.redis, prefix: this.prefix });
+      queue = openConsumerQueue(this.redis, this.layout, consumerId);
       this.queues.set(consumerId, queue);
     }
     return queue;

@@ -23,14 +23,9 @@ import { createJobProcessor } from './processor.js';
 import { startFetcher, startFetchers, type FetcherConnection } from './fetchers.js';
 import { registerConsumers } from './registration.js';
 import { runStartupChecks } from '../operate/checks.js';
-import {
-  closeRedis,
-  createRedis,
-  queuePrefix,
-  type RedisConnection,
-  type RedisSettings,
-} from '../redis.js';
+import { closeRedis, createRedis, type RedisConnection, type RedisSettings } from '../redis.js';
 import { errorMessage } from '../util.js';
+import { consumerQueueOptions, warnAboutSingleSlotKeys } from '../queue-layout.js';
 import { playback } from '../recover/reconcile.js';
 
 /** Options of {@link createWorker}. */
@@ -152,6 +147,13 @@ class ConsumerWorkers implements PgqWorker {
         'consumer registered; worker started',
       );
     }
+    // After an upgrade on a Redis Cluster, jobs in the old single-slot queues are read by nobody.
+    await warnAboutSingleSlotKeys(
+      this.redis,
+      this.options.settings,
+      this.options.consumers.map((def) => def.id),
+      this.log,
+    );
     // New subscriptions of a 'beginning' consumer are owed rows bridged before they existed.
     // Only the process whose registration created them plays them back; if it stops before the
     // end, the next `reconcile` finishes the playback.
@@ -186,8 +188,9 @@ class ConsumerWorkers implements PgqWorker {
     }
   }
 
-  private where(): FetcherConnection {
-    return { connection: this.redis, prefix: queuePrefix(this.options.settings) };
+  /** The connection and key prefix of a consumer's queue (its own hash tag on a cluster). */
+  private where(consumerId: string): FetcherConnection {
+    return consumerQueueOptions(this.redis, this.options.settings, consumerId);
   }
 
   private concurrencyOf(def: ConsumerDefinition): number {
@@ -196,7 +199,7 @@ class ConsumerWorkers implements PgqWorker {
 
   /** A batch consumer's Worker: jobs of several notifications, one handleBatch call each. */
   private startBatchWorker(def: BatchConsumerDefinition): Worker {
-    const where = this.where();
+    const where = this.where(def.id);
     let queue: Queue | undefined;
     const runner = new BatchRunner(def, {
       store: this.store,
@@ -209,7 +212,7 @@ class ConsumerWorkers implements PgqWorker {
       metrics: this.options.metrics,
       queue: () => {
         if (!queue) {
-          queue = new Queue(def.id, { connection: this.redis, prefix: where.prefix });
+          queue = new Queue(def.id, where);
           this.batchQueues.push(queue);
         }
         return queue;
@@ -230,7 +233,7 @@ class ConsumerWorkers implements PgqWorker {
       lookup: this.recordOutcomes ? this.lookup : undefined,
       attempts: this.attempts,
     });
-    return startFetchers(def, processor, this.concurrencyOf(def), this.where());
+    return startFetchers(def, processor, this.concurrencyOf(def), this.where(def.id));
   }
 
   close(): Promise<void> {

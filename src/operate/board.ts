@@ -3,7 +3,7 @@ import type { Server } from 'node:http';
 import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
-import { Queue } from 'bullmq';
+import type { Queue } from 'bullmq';
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import { createPool } from '../db/pool.js';
 import type { Settings } from '../config.js';
@@ -11,15 +11,10 @@ import { OperationsQueries } from '../db/operations.js';
 import { UsageError } from '../errors.js';
 import { redactSecrets, silentLogger, type Logger } from '../log.js';
 import { Metrics } from './metrics.js';
-import {
-  closeRedis,
-  createRedis,
-  queuePrefix,
-  type RedisConnection,
-  type RedisSettings,
-} from '../redis.js';
+import { closeRedis, createRedis, type RedisConnection, type RedisSettings } from '../redis.js';
 import { queueFigures } from './status.js';
 import { errorMessage, withTimeout } from '../util.js';
+import { openConsumerQueue } from '../queue-layout.js';
 
 /** Credentials of HTTP basic auth. */
 export interface BasicAuth {
@@ -104,7 +99,6 @@ export function createBoardRouter(options: BoardOptions): BoardRouter {
   const log = options.logger ?? silentLogger();
   const basePath = normalizeBasePath(options.basePath ?? '/');
   const readOnly = options.readOnly === true;
-  const prefix = queuePrefix(settings);
   const queries = new OperationsQueries(settings.schema);
   const pool = createPool(
     {
@@ -151,7 +145,7 @@ export function createBoardRouter(options: BoardOptions): BoardRouter {
         const wanted = new Set(ids);
         for (const id of ids) {
           if (queues.has(id)) continue;
-          const queue = new Queue(id, { connection: redis, prefix });
+          const queue = openConsumerQueue(redis, settings, id);
           queues.set(id, queue);
           board.addQueue(new BullMQAdapter(queue, { readOnlyMode: readOnly }));
           log.info({ consumer: id }, 'board: consumer queue added');

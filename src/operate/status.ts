@@ -1,4 +1,4 @@
-import { Queue, type Job, type JobType } from 'bullmq';
+import type { Job, JobType, Queue } from 'bullmq';
 import pg from 'pg';
 import type { Settings } from '../config.js';
 import { OperationsQueries, type Backlog } from '../db/operations.js';
@@ -13,6 +13,7 @@ import {
   type RedisSettings,
 } from '../redis.js';
 import { withTimeout } from '../util.js';
+import { openConsumerQueue } from '../queue-layout.js';
 
 /** Job counts of one consumer queue, by BullMQ state. */
 export interface JobCounts {
@@ -34,6 +35,11 @@ export interface ConsumerStatus {
    * queue was stored; null when the queue has nothing unfinished.
    */
   oldestUnfinishedAgeSeconds: number | null;
+  /**
+   * The BullMQ key prefix of this consumer's queue: the configured prefix on a single Redis,
+   * `{<prefix>:<consumer>}` on a Redis Cluster (one hash tag per queue).
+   */
+  keyPrefix: string;
   /** `host:pid` of the worker that last registered or heartbeated this consumer. */
   lastSeenWorker: string | null;
   /** ISO time of that. */
@@ -43,6 +49,7 @@ export interface ConsumerStatus {
 /** The result of {@link status}. */
 export interface StatusReport {
   schema: string;
+  /** The configured BullMQ key prefix (each queue's own is in `consumers[].keyPrefix`). */
   prefix: string;
   /** ISO time the report was taken. */
   checkedAt: string;
@@ -111,7 +118,6 @@ export async function status(options: StatusOptions): Promise<StatusReport> {
   const ownRedis = options.redis === undefined;
   const redis = options.redis ?? createRedis(settings, log, 'status');
   const queries = new OperationsQueries(settings.schema);
-  const prefix = queuePrefix(settings);
   try {
     if (ownDb) await (db as pg.Client).connect();
     await assertSchemaCurrent(db, settings.schema);
@@ -123,7 +129,7 @@ export async function status(options: StatusOptions): Promise<StatusReport> {
     const figures = await withTimeout(
       Promise.all(
         consumers.map(async (c) => {
-          const queue = new Queue(c.id, { connection: redis, prefix });
+          const queue = openConsumerQueue(redis, settings, c.id);
           try {
             return await queueFigures(queue, now);
           } finally {
@@ -143,12 +149,13 @@ export async function status(options: StatusOptions): Promise<StatusReport> {
     }
     return {
       schema: settings.schema,
-      prefix,
+      prefix: settings.prefix,
       checkedAt: new Date(now).toISOString(),
       backlog,
       consumers: consumers.map((c, i) => ({
         id: c.id,
         channels: c.channels,
+        keyPrefix: queuePrefix(settings, c.id),
         counts: figures[i].counts,
         oldestUnfinishedAgeSeconds: figures[i].oldestUnfinishedAgeSeconds,
         lastSeenWorker: c.lastSeenWorker,

@@ -10,13 +10,7 @@ import { assertChannel, assertConsumerId } from '../identifiers.js';
 import { REDIS_STEP_TIMEOUT_MS, missingJobIds, notificationsInBatchJobs } from './job-presence.js';
 import { silentLogger, type Logger } from '../log.js';
 import { replayFailed } from './replay-failed.js';
-import {
-  closeRedis,
-  createRedis,
-  queuePrefix,
-  type RedisConnection,
-  type RedisSettings,
-} from '../redis.js';
+import { closeRedis, createRedis, type RedisConnection, type RedisSettings } from '../redis.js';
 import { withTimeout } from '../util.js';
 
 /** Options of {@link reconcile}. */
@@ -149,7 +143,7 @@ export async function reconcile(options: ReconcileOptions): Promise<ReconcileRes
     log,
   );
   const redis = createRedis(settings, log, 'reconcile');
-  const queues = new QueueSet(redis, queuePrefix(settings));
+  const queues = new QueueSet(redis, settings);
   try {
     // Fail fast (exit 1) rather than wait forever when Redis is down.
     await withTimeout(redis.ping(), REDIS_STEP_TIMEOUT_MS, 'Redis did not answer');
@@ -217,7 +211,7 @@ export interface PlaybackOptions {
  */
 export async function playback(options: PlaybackOptions): Promise<ReconcileResult> {
   const started = Date.now();
-  const queues = new QueueSet(options.redis, queuePrefix(options.settings));
+  const queues = new QueueSet(options.redis, options.settings);
   const d: ReconcileDeps = {
     pool: options.pool,
     redis: options.redis,

@@ -15,7 +15,43 @@ export interface ThrowawayCluster {
   ports: number[];
   /** `redis://127.0.0.1:P1,redis://127.0.0.1:P2,redis://127.0.0.1:P3` */
   url: string;
+  /**
+   * Kills one node (SIGKILL) and starts it again on its port with its cluster config file:
+   * it rejoins with its slots but empty (no persistence), as a restarted node without replicas
+   * does. Resolves once every node reports `cluster_state:ok` again; `downMs` is how long the
+   * node stays down before the restart.
+   */
+  restartNode(port: number, downMs?: number): Promise<void>;
   destroy(): Promise<void>;
+}
+
+function exited(child: ChildProcess): Promise<unknown> {
+  return child.exitCode !== null || child.signalCode !== null
+    ? Promise.resolve()
+    : new Promise((resolve) => child.once('exit', resolve));
+}
+
+async function clusterStates(ports: number[]): Promise<string[]> {
+  return Promise.all(
+    ports.map(async (port) => {
+      const r = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0 });
+      try {
+        await r.connect();
+        return String(await r.cluster('INFO'));
+      } catch {
+        return 'unreachable';
+      } finally {
+        r.disconnect();
+      }
+    }),
+  );
+}
+
+async function waitForClusterOk(ports: number[]): Promise<void> {
+  await waitFor(
+    async () => (await clusterStates(ports)).every((info) => info.includes('cluster_state:ok')),
+    { timeoutMs: 20_000, message: 'cluster_state:ok on every node' },
+  );
 }
 
 function run(file: string, args: string[]): Promise<string> {
@@ -43,48 +79,43 @@ export async function startRedisCluster(): Promise<ThrowawayCluster> {
     // The cluster bus listens on port + 10000: both must be free.
     if (port + 10000 < 65536 && !ports.includes(port)) ports.push(port);
   }
-  const children: ChildProcess[] = [];
-  const destroy = async () => {
-    for (const child of children) child.kill('SIGKILL');
-    await Promise.all(
-      children.map((c) =>
-        c.exitCode !== null || c.signalCode !== null
-          ? undefined
-          : new Promise((resolve) => c.once('exit', resolve)),
-      ),
+  const children = new Map<number, ChildProcess>();
+  const spawnNode = (port: number): void => {
+    const fd = openSync(join(dir, `redis-${port}.log`), 'a');
+    const child = spawn(
+      server,
+      [
+        '--port',
+        String(port),
+        '--bind',
+        '127.0.0.1',
+        '--cluster-enabled',
+        'yes',
+        '--cluster-config-file',
+        join(dir, `nodes-${port}.conf`),
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+        '--maxmemory-policy',
+        'noeviction',
+        '--dir',
+        dir,
+        '--daemonize',
+        'no',
+      ],
+      { stdio: ['ignore', fd, fd] },
     );
+    closeSync(fd);
+    children.set(port, child);
+  };
+  const destroy = async () => {
+    for (const child of children.values()) child.kill('SIGKILL');
+    await Promise.all([...children.values()].map(exited));
     await rm(dir, { recursive: true, force: true });
   };
   try {
-    for (const port of ports) {
-      const fd = openSync(join(dir, `redis-${port}.log`), 'a');
-      const child = spawn(
-        server,
-        [
-          '--port',
-          String(port),
-          '--bind',
-          '127.0.0.1',
-          '--cluster-enabled',
-          'yes',
-          '--cluster-config-file',
-          join(dir, `nodes-${port}.conf`),
-          '--save',
-          '',
-          '--appendonly',
-          'no',
-          '--maxmemory-policy',
-          'noeviction',
-          '--dir',
-          dir,
-          '--daemonize',
-          'no',
-        ],
-        { stdio: ['ignore', fd, fd] },
-      );
-      closeSync(fd);
-      children.push(child);
-    }
+    for (const port of ports) spawnNode(port);
     await waitFor(
       async () => {
         await Promise.all(ports.map((p) => redisPing(p)));
@@ -100,23 +131,7 @@ export async function startRedisCluster(): Promise<ThrowawayCluster> {
       '0',
       '--cluster-yes',
     ]);
-    await waitFor(
-      async () => {
-        const states = await Promise.all(
-          ports.map(async (port) => {
-            const r = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0 });
-            try {
-              await r.connect();
-              return String(await r.cluster('INFO'));
-            } finally {
-              r.disconnect();
-            }
-          }),
-        );
-        return states.every((info) => info.includes('cluster_state:ok'));
-      },
-      { timeoutMs: 20_000, message: 'cluster_state:ok on every node' },
-    );
+    await waitForClusterOk(ports);
   } catch (error) {
     await destroy();
     throw error;
@@ -124,6 +139,22 @@ export async function startRedisCluster(): Promise<ThrowawayCluster> {
   return {
     ports,
     url: ports.map((p) => `redis://127.0.0.1:${p}`).join(','),
+    async restartNode(port, downMs = 1000) {
+      const child = children.get(port);
+      if (!child) throw new Error(`no cluster node on port ${port}`);
+      child.kill('SIGKILL');
+      await exited(child);
+      await new Promise((resolve) => setTimeout(resolve, downMs));
+      spawnNode(port);
+      await waitFor(
+        async () => {
+          await redisPing(port);
+          return true;
+        },
+        { timeoutMs: 15_000, message: `node ${port} answering again` },
+      );
+      await waitForClusterOk(ports);
+    },
     destroy,
   };
 }

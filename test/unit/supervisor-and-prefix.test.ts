@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseBasicAuth } from '../../src/operate/board.js';
 import { childArgs } from '../../src/cli/work.js';
-import { isClusterSetting, queuePrefix } from '../../src/redis.js';
+import { hasHashTag, isClusterSetting, queuePrefix, singleSlotPrefix } from '../../src/redis.js';
 import { formatStatus, type StatusReport } from '../../src/operate/status.js';
 import { parsePrometheus } from '../support/prometheus.js';
 import { Metrics } from '../../src/operate/metrics.js';
@@ -27,15 +27,28 @@ describe('childArgs', () => {
 });
 
 describe('queuePrefix', () => {
-  it('adds a hash tag only on a cluster, and only once', () => {
-    expect(queuePrefix({ redisUrl: 'redis://a:1', prefix: 'pgq' })).toBe('pgq');
-    expect(queuePrefix({ redisUrl: 'redis://a:1,redis://b:2', prefix: 'pgq' })).toBe('{pgq}');
-    expect(queuePrefix({ redisUrl: 'redis://a:1', redisCluster: true, prefix: 'pgq' })).toBe(
-      '{pgq}',
-    );
-    expect(queuePrefix({ redisUrl: 'redis://a:1', redisCluster: true, prefix: '{x}pgq' })).toBe(
-      '{x}pgq',
-    );
+  const single = { redisUrl: 'redis://a:1', prefix: 'pgq' };
+  const cluster = { redisUrl: 'redis://a:1,redis://b:2', prefix: 'pgq' };
+  it('leaves a single Redis as it was: the prefix as given, for every queue', () => {
+    expect(queuePrefix(single, 'mail')).toBe('pgq');
+    expect(queuePrefix(single)).toBe('pgq');
+    expect(singleSlotPrefix(single)).toBeUndefined();
+  });
+  it('gives every consumer queue its own hash tag on a cluster', () => {
+    expect(queuePrefix(cluster, 'mail')).toBe('{pgq:mail}');
+    expect(queuePrefix(cluster, 'search')).toBe('{pgq:search}');
+    expect(queuePrefix({ ...single, redisCluster: true }, 'mail')).toBe('{pgq:mail}');
+    expect(singleSlotPrefix(cluster)).toBe('{pgq}');
+    // There is no one prefix for every queue on a cluster.
+    expect(() => queuePrefix(cluster)).toThrow(/consumer id/);
+  });
+  it('keeps a prefix that holds its own hash tag: the single-slot layout, on purpose', () => {
+    const tagged = { ...cluster, prefix: '{pgq}' };
+    expect(queuePrefix(tagged, 'mail')).toBe('{pgq}');
+    expect(queuePrefix({ ...cluster, prefix: '{x}pgq' }, 'mail')).toBe('{x}pgq');
+    expect(singleSlotPrefix(tagged)).toBeUndefined();
+    // Braces with nothing inside are no hash tag for Redis.
+    expect(hasHashTag('a{}b')).toBe(false);
     expect(isClusterSetting({ redisUrl: 'redis://a:1, ' })).toBe(false);
   });
 });
@@ -63,6 +76,7 @@ describe('formatStatus', () => {
           oldestUnfinishedAgeSeconds: 7200,
           lastSeenWorker: null,
           lastSeenAt: null,
+          keyPrefix: 'pgq',
         },
       ],
       maxLagSeconds: 60,
