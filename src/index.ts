@@ -110,4 +110,17 @@ export {
   type StartBoardOptions,
   type BasicAuth,
 } from './operate/board.js';
+export {
+  listConsumers,
+  removeConsumer,
+  skipDelivery,
+  type ConsumerAdminOptions,
+  type ConsumerAdminSettings,
+  type ConsumerListing,
+  type RemoveConsumerOptions,
+  type RemoveConsumerResult,
+  type SkipDeliveryOptions,
+  type SkipDeliveryResult,
+} from './operate/consumers.js';
+export type { ConsumerRecord } from './db/consumer-admin.js';
 export { startAll, type StartAllOptions, type AllInOne } from './operate/start.js';

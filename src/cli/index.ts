@@ -4,6 +4,7 @@ import { LOG_LEVELS } from '../config.js';
 import { redactSecrets } from '../log.js';
 import { errorMessage } from '../util.js';
 import { registerCleanup } from './cleanup.js';
+import { registerConsumers } from './consumers.js';
 import { registerBoard } from './board.js';
 import { registerListen } from './listen.js';
 import { registerMigrate } from './migrate.js';
@@ -48,6 +49,7 @@ export function buildProgram(): Command {
   registerStatus(program);
   registerBoard(program);
   registerStart(program);
+  registerConsumers(program);
   for (const command of program.commands) command.exitOverride();
   return program;
 }

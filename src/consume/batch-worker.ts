@@ -33,6 +33,8 @@ export interface BatchRunnerDeps {
   queue: () => Queue;
   /** Job id of a single notification (`jobIdFor`): a split dedupes with replays of it. */
   jobIdFor: (notificationId: string) => string;
+  /** Leaves a job of channels this definition does not list to other workers (rolling deploys). */
+  leaveForeign?: (job: Job, channels: readonly string[]) => Promise<unknown>;
 }
 
 /** One BullMQ job waiting for, or taking part in, a handler call. */
@@ -82,6 +84,11 @@ export class BatchRunner {
   /** The BullMQ processor. */
   readonly process = async (job: Job): Promise<unknown> => {
     const parsed = entriesOf(job);
+    const unsubscribed = await this.deps.leaveForeign?.(
+      job,
+      parsed.entries.map((e) => e.channel),
+    );
+    if (unsubscribed) return unsubscribed;
     const attempt = attemptOf(job);
     const done = this.deps.lookup
       ? await this.deps.lookup.completedAmong(

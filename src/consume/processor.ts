@@ -22,6 +22,8 @@ export interface ProcessorDeps {
   lookup: CompletedLookup | undefined;
   /** Runs handler attempts with their signal (shared by the process's consumers). */
   attempts: Attempts;
+  /** Leaves a job of a channel this definition does not list to other workers (rolling deploys). */
+  leaveForeign?: (job: Job, channels: readonly string[]) => Promise<unknown>;
 }
 
 /** What the processor returns for a job the ledger already records as completed. */
@@ -31,7 +33,9 @@ const SKIPPED = { skipped: 'already completed per the ledger' } as const;
  * The BullMQ processor of a one-notification-per-job consumer. One job goes through these steps,
  * each a function of its own so that features hook in at one place:
  *
- * 1. {@link singleEntryOf}: the job's notification data (a job without data fails permanently).
+ * 1. {@link singleEntryOf}: the job's notification data (a job without data fails permanently);
+ *    a job of a channel this definition does not list is left for a worker that lists it
+ *    (`leaveForeign`, src/consume/foreign-channel.ts).
  * 2. {@link alreadyCompleted}: the ledger decides whether the delivery already ran (every
  *    attempt, in one batched query with the other jobs starting meanwhile).
  * 3. {@link notificationOf}: job data → the handler's `Notification`.
@@ -45,6 +49,8 @@ export function createJobProcessor(
 ): (job: Job) => Promise<unknown> {
   return async (job: Job) => {
     const data = singleEntryOf(job);
+    const unsubscribed = await deps.leaveForeign?.(job, [data.channel]);
+    if (unsubscribed) return unsubscribed;
     const attempt = attemptOf(job);
     const isReplay = data.replay === true;
     if (await alreadyCompleted(def, deps, data)) {

@@ -21,7 +21,8 @@ import { redactSecrets, silentLogger, type Logger } from '../log.js';
 import { Attempts } from './attempt.js';
 import { createJobProcessor } from './processor.js';
 import { startFetcher, startFetchers, type FetcherConnection } from './fetchers.js';
-import { registerConsumers } from './registration.js';
+import { registerConsumers, touchDefinitions } from './registration.js';
+import { foreignChannelGuard } from './foreign-channel.js';
 import { runStartupChecks } from '../operate/checks.js';
 import { closeRedis, createRedis, type RedisConnection, type RedisSettings } from '../redis.js';
 import { errorMessage } from '../util.js';
@@ -120,7 +121,7 @@ class ConsumerWorkers implements PgqWorker {
       log: this.log,
       strict: this.options.strict,
     });
-    const created = await registerConsumers(this.options.consumers, {
+    const results = await registerConsumers(this.options.consumers, {
       store: this.store,
       pool: this.pool,
       log: this.log,
@@ -128,7 +129,10 @@ class ConsumerWorkers implements PgqWorker {
       signal: this.abort.signal,
     });
     if (this.abort.signal.aborted) return;
+    // A consumer retired (`consumers remove`) after this definition was registered stays retired.
+    const retired = new Set(results.filter((r) => r.retired).map((r) => r.consumerId));
     for (const def of this.options.consumers) {
+      if (retired.has(def.id)) continue;
       const workers = def.batch
         ? [this.startBatchWorker(def)]
         : this.startWorkers(def as SingleConsumerDefinition);
@@ -157,12 +161,13 @@ class ConsumerWorkers implements PgqWorker {
     // New subscriptions of a 'beginning' consumer are owed rows bridged before they existed.
     // Only the process whose registration created them plays them back; if it stops before the
     // end, the next `reconcile` finishes the playback.
-    const newSubscribers = [...new Set(created.map((s) => s.consumerId))];
+    const newSubscribers = results.filter((r) => r.created.length > 0).map((r) => r.consumerId);
     if (newSubscribers.length > 0) this.playingBack = this.playBack(newSubscribers);
     this.heartbeat = setInterval(() => {
-      this.store
-        .touchConsumers(this.pool, [...this.workers.keys()], this.workerName)
-        .catch(() => undefined);
+      const running = this.options.consumers.filter((def) => this.workers.has(def.id));
+      touchDefinitions(this.pool, this.store.schema, running, this.workerName).catch(
+        () => undefined,
+      );
     }, 30_000);
     this.heartbeat.unref();
   }
@@ -197,6 +202,17 @@ class ConsumerWorkers implements PgqWorker {
     return this.options.concurrency ?? def.concurrency ?? CONSUMER_DEFAULTS.concurrency;
   }
 
+  /** Leaves jobs of channels this definition does not list to workers that list them. */
+  private foreignGuard(def: ConsumerDefinition): ReturnType<typeof foreignChannelGuard> {
+    return foreignChannelGuard({
+      consumerId: def.id,
+      channels: channelNames(def),
+      db: this.pool,
+      schema: this.store.schema,
+      log: this.log,
+    });
+  }
+
   /** A batch consumer's Worker: jobs of several notifications, one handleBatch call each. */
   private startBatchWorker(def: BatchConsumerDefinition): Worker {
     const where = this.where(def.id);
@@ -218,6 +234,7 @@ class ConsumerWorkers implements PgqWorker {
         return queue;
       },
       jobIdFor,
+      leaveForeign: this.foreignGuard(def),
     });
     return startFetcher(def, runner.process, runner.workerConcurrency, where);
   }
@@ -232,6 +249,7 @@ class ConsumerWorkers implements PgqWorker {
       ledger: this.recordOutcomes ? this.ledger : undefined,
       lookup: this.recordOutcomes ? this.lookup : undefined,
       attempts: this.attempts,
+      leaveForeign: this.foreignGuard(def),
     });
     return startFetchers(def, processor, this.concurrencyOf(def), this.where(def.id));
   }

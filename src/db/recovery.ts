@@ -21,7 +21,7 @@ export interface OwedPair {
   /** Null for a row of the page that no selected consumer is owed (keeps the keyset moving). */
   consumer_id: string | null;
   /** The ledger's outcome for this pair, or null when none is recorded. */
-  status: 'completed' | 'failed' | null;
+  status: 'completed' | 'failed' | 'skipped' | null;
 }
 
 /** A failed delivery from the ledger, with its notification's channel (null if it was deleted). */
@@ -141,7 +141,7 @@ export class RecoveryStore {
     if (ids.length === 0) return new Set();
     const res = await db.query<{ consumer_id: string; id: string }>(
       `SELECT consumer_id, notification_id::text AS id FROM ${this.s}.deliveries
-        WHERE notification_id = ANY($1::bigint[]) AND status = 'completed'`,
+        WHERE notification_id = ANY($1::bigint[]) AND status IN ('completed', 'skipped')`,
       [ids],
     );
     return new Set(res.rows.map((r) => pairKey(r.consumer_id, r.id)));
@@ -253,9 +253,9 @@ export class RecoveryStore {
     db: Queryable,
     consumerId: string,
     ids: string[],
-  ): Promise<Map<string, 'completed' | 'failed'>> {
+  ): Promise<Map<string, 'completed' | 'failed' | 'skipped'>> {
     if (ids.length === 0) return new Map();
-    const res = await db.query<{ id: string; status: 'completed' | 'failed' }>(
+    const res = await db.query<{ id: string; status: 'completed' | 'failed' | 'skipped' }>(
       `SELECT notification_id::text AS id, status FROM ${this.s}.deliveries
         WHERE consumer_id = $1 AND notification_id = ANY($2::bigint[])`,
       [consumerId, ids],
@@ -299,7 +299,7 @@ export class RecoveryStore {
               AND NOT EXISTS (
                 SELECT 1 FROM ${this.s}.deliveries d
                  WHERE d.consumer_id = s.consumer_id AND d.notification_id = p.id
-                   AND d.status = 'completed')))`;
+                   AND d.status IN ('completed', 'skipped'))))`;
     const sql = params.dryRun
       ? `WITH ${finished}
          SELECT (SELECT max(id)::text FROM page) AS last_id,

@@ -1,5 +1,8 @@
 import pg from 'pg';
 import { quoteIdent } from '../identifiers.js';
+import { registerOne, type ConsumerRegistration, type RegistrationResult } from './registration.js';
+
+export type { ConsumerRegistration, RegistrationResult } from './registration.js';
 
 /** Anything that can run a query: a pg Pool, Client or PoolClient. */
 export type Queryable = pg.Pool | pg.Client | pg.PoolClient;
@@ -22,16 +25,6 @@ export interface SubscriptionRow {
   after_id: string;
   job_options: Record<string, unknown>;
   batch: { size: number; maxWaitMs: number } | null;
-}
-
-/** What a worker registers for a consumer. */
-export interface ConsumerRegistration {
-  id: string;
-  channels: string[];
-  jobOptions: Record<string, unknown>;
-  batch: { size: number; maxWaitMs: number } | null;
-  startFrom: 'beginning' | 'now';
-  worker: string;
 }
 
 /** A final outcome recorded in the delivery ledger. */
@@ -229,72 +222,32 @@ export class Store {
   /**
    * Registers (or updates) consumers and their subscriptions. Runs under the subscriptions lock
    * in exclusive mode, so no bridge batch is in flight while it changes and every later batch
-   * sees the new subscriptions. A new subscription starts after the newest stored notification
-   * (`startFrom: 'now'`) or at the beginning; existing subscriptions keep their start.
-   * Returns the subscriptions created by this call.
+   * sees the new subscriptions. Registration only ever adds: a subscription the definition does
+   * not list is kept (another version of the consumer may list it; `pgq-bridge consumers remove`
+   * removes it), and the job options of the newest definition stay in force while an older one
+   * registers beside it (src/db/registration.ts). A new subscription starts after the newest
+   * stored notification (`startFrom: 'now'`) or at the beginning; existing ones keep their start.
+   *
+   * The lock is waited for at most `lockTimeoutMs` (default 10 s): a session holding it (or a
+   * registration frozen half-way) makes this fail with a `lock_timeout` error, which the caller
+   * logs and retries, instead of waiting for ever.
    */
   async registerConsumers(
     client: pg.PoolClient | pg.Client,
     consumers: ConsumerRegistration[],
-  ): Promise<{ consumerId: string; channel: string; afterId: string; isNewConsumer: boolean }[]> {
-    const created: {
-      consumerId: string;
-      channel: string;
-      afterId: string;
-      isNewConsumer: boolean;
-    }[] = [];
+    lockTimeoutMs = 10_000,
+  ): Promise<RegistrationResult[]> {
+    const results: RegistrationResult[] = [];
     await client.query('BEGIN');
     try {
+      await client.query(`SELECT set_config('lock_timeout', $1, true)`, [`${lockTimeoutMs}ms`]);
       await client.query(`SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, [
         this.subscriptionsLockKey,
       ]);
       const maxId = await this.maxNotificationId(client);
-      for (const c of consumers) {
-        const upsert = await client.query<{ inserted: boolean }>(
-          `INSERT INTO ${this.s}.consumers AS c (id, job_options, batch, start_from, last_seen_at, last_seen_worker)
-           VALUES ($1, $2, $3, $4, now(), $5)
-           ON CONFLICT (id) DO UPDATE
-             SET job_options = EXCLUDED.job_options, batch = EXCLUDED.batch,
-                 updated_at = CASE WHEN (c.job_options, c.batch) IS DISTINCT FROM (EXCLUDED.job_options, EXCLUDED.batch)
-                                   THEN now() ELSE c.updated_at END,
-                 last_seen_at = now(), last_seen_worker = EXCLUDED.last_seen_worker
-           RETURNING (xmax = 0) AS inserted`,
-          [
-            c.id,
-            JSON.stringify(c.jobOptions),
-            c.batch ? JSON.stringify(c.batch) : null,
-            c.startFrom,
-            c.worker,
-          ],
-        );
-        const isNewConsumer = upsert.rows[0].inserted;
-        // A brand-new consumer with startFrom 'beginning' is owed everything; a channel added
-        // later to an existing consumer starts from now.
-        const afterId = isNewConsumer && c.startFrom === 'beginning' ? '0' : maxId;
-        const subs = await client.query<{ channel: string; after_id: string }>(
-          // playback_through_id: rows up to the newest stored one may have been bridged before
-          // this subscription existed; playback (src/recover/reconcile.ts) enqueues those for it.
-          `INSERT INTO ${this.s}.subscriptions (consumer_id, channel, after_id, playback_through_id)
-           SELECT $1, ch, $3, $4 FROM unnest($2::text[]) AS ch
-           ON CONFLICT (consumer_id, channel) DO NOTHING
-           RETURNING channel, after_id`,
-          [c.id, c.channels, afterId, maxId],
-        );
-        await client.query(
-          `DELETE FROM ${this.s}.subscriptions WHERE consumer_id = $1 AND NOT (channel = ANY($2::text[]))`,
-          [c.id, c.channels],
-        );
-        for (const row of subs.rows) {
-          created.push({
-            consumerId: c.id,
-            channel: row.channel,
-            afterId: row.after_id,
-            isNewConsumer,
-          });
-        }
-      }
+      for (const c of consumers) results.push(await registerOne(client, this.schema, c, maxId));
       await client.query('COMMIT');
-      return created;
+      return results;
     } catch (error) {
       await client.query('ROLLBACK').catch(() => undefined);
       throw error;
@@ -337,18 +290,11 @@ export class Store {
     if (ids.length === 0) return new Set();
     const res = await db.query<{ id: string }>(
       `SELECT notification_id::text AS id FROM ${this.s}.deliveries
-        WHERE consumer_id = $1 AND notification_id = ANY($2::bigint[]) AND status = 'completed'`,
+        WHERE consumer_id = $1 AND notification_id = ANY($2::bigint[])
+          AND status IN ('completed', 'skipped')`,
       [consumerId, ids],
     );
     return new Set(res.rows.map((r) => r.id));
-  }
-
-  /** Records that a worker still runs these consumers (shown by `status`). */
-  async touchConsumers(db: Queryable, ids: string[], worker: string): Promise<void> {
-    await db.query(
-      `UPDATE ${this.s}.consumers SET last_seen_at = now(), last_seen_worker = $2 WHERE id = ANY($1::text[])`,
-      [ids, worker],
-    );
   }
 
   /** Unbridged rows and the age in seconds of the oldest one. */

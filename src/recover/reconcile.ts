@@ -478,7 +478,8 @@ async function enqueueOwed(
   const toCheck = new Map<string, string[]>();
   for (const p of pairs) {
     if (p.consumer_id === null) continue;
-    if (p.status === 'completed') c.alreadyDone++;
+    // 'skipped': given up with `pgq-bridge consumers skip`, as final as completed.
+    if (p.status === 'completed' || p.status === 'skipped') c.alreadyDone++;
     else if (p.status === 'failed') c.deadLetters++;
     else if (inBatches.get(p.consumer_id)?.has(p.id)) c.alreadyQueued++;
     else {

@@ -82,7 +82,8 @@ async function replayUnrecordedFailures(
     for (const id of ids) seen.add(id);
     c.scanned += ids.length;
     const outcomes = await d.recovery.outcomes(d.pool, consumerId, ids);
-    const open = ids.filter((id) => outcomes.get(id) !== 'completed');
+    // A skipped dead letter (pgq-bridge consumers skip) was given up: never replayed.
+    const open = ids.filter((id) => !['completed', 'skipped'].includes(outcomes.get(id) ?? ''));
     c.alreadyDone += ids.length - open.length;
     await replayIds(d, consumerId, queue, open, scopeFilter(scope), c);
   } while (cursor !== '0' && !d.signal?.aborted);
