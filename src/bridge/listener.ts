@@ -10,6 +10,7 @@ import { redactSecrets, silentLogger, type Logger } from '../log.js';
 import type { BatchEvent, Metrics } from '../operate/metrics.js';
 import { packBatches } from './pack.js';
 import { claimLimitFor, planJobs } from './plan.js';
+import { traceBridgeBatch } from './tracing.js';
 import { QueueSet } from './queues.js';
 import { runStartupChecks } from '../operate/checks.js';
 import { PgqError } from '../errors.js';
@@ -332,12 +333,16 @@ class BridgeListener extends EventEmitter implements Listener {
         const started = Date.now();
         // Batch consumers get jobs of up to batch.size notifications (src/bridge/pack.ts).
         const plan = packBatches(planJobs(rows, subscriptions), subscriptions);
-        const jobs = await withTimeout(
-          this.queues.addAll(plan),
-          this.options.enqueueTimeoutMs ?? 15_000,
-          'Redis did not accept the batch in time',
-        );
-        await client.query('COMMIT');
+        // In a span linked to the rows' writers when tracing is on (bridge/tracing.ts).
+        const jobs = await traceBridgeBatch(rows, async () => {
+          const added = await withTimeout(
+            this.queues.addAll(plan),
+            this.options.enqueueTimeoutMs ?? 15_000,
+            'Redis did not accept the batch in time',
+          );
+          await client.query('COMMIT');
+          return added;
+        });
         committed = true;
         this.stats.bridged += rows.length;
         this.stats.jobs += jobs;

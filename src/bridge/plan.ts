@@ -19,6 +19,9 @@ export function jobDataFor(row: NotificationRow, replay = false): NotificationJo
   };
   // Only keyed rows carry the field: unkeyed jobs stay as small as before.
   if (row.key != null) data.key = row.key;
+  // Likewise the writer's trace context (src/consume/tracing.ts continues its trace).
+  if (row.traceparent != null) data.traceparent = row.traceparent;
+  if (row.tracestate != null) data.tracestate = row.tracestate;
   if (replay) data.replay = true;
   return data;
 }

@@ -9,6 +9,7 @@ import type { CompletedLookup } from './ledger-lookup.js';
 import { attemptOf, entriesOf, isPermanent } from './job-data.js';
 import { toNotification, type Notification, type NotificationJobData } from './notification.js';
 import { errorMessage } from '../util.js';
+import { traceBatchCall } from './tracing.js';
 
 const NONE: ReadonlySet<string> = new Set();
 
@@ -148,15 +149,19 @@ export class BatchRunner {
         for (const e of m.entries) notifications.push(toNotification(e, m.attempt, m.isReplay));
       }
       const job = members[0].job;
-      await this.deps.attempts.run((ctx) => this.def.handleBatch(notifications, job, ctx), {
-        timeoutMs: this.def.timeout,
-        what: `batch handler of ${this.def.id}`,
-        onTimeout: () =>
-          this.deps.log.warn(
-            { consumer: this.def.id, jobId: job.id, timeoutMs: this.def.timeout },
-            'batch handler timed out; its signal is aborted and the retry waits until it settles',
-          ),
-      });
+      // One span per handler call, linked to every notification's writer (consume/tracing.ts).
+      const entries = members.flatMap((m) => m.entries);
+      await traceBatchCall(this.def.id, entries, members[0].attempt, () =>
+        this.deps.attempts.run((ctx) => this.def.handleBatch(notifications, job, ctx), {
+          timeoutMs: this.def.timeout,
+          what: `batch handler of ${this.def.id}`,
+          onTimeout: () =>
+            this.deps.log.warn(
+              { consumer: this.def.id, jobId: job.id, timeoutMs: this.def.timeout },
+              'batch handler timed out; its signal is aborted and the retry waits until it settles',
+            ),
+        }),
+      );
     } catch (caught) {
       error = caught ?? new Error('batch handler threw a nullish value');
     } finally {

@@ -53,6 +53,9 @@ export interface NotificationJobData {
   createdAt: string;
   /** Ordering key, when the notification has one. */
   key?: string;
+  /** The writer's W3C trace context, when it had one (docs/tracing.md). */
+  traceparent?: string;
+  tracestate?: string;
   /** Set by reconcile and replays. */
   replay?: boolean;
 }

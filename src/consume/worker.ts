@@ -20,6 +20,7 @@ import type { Metrics } from '../operate/metrics.js';
 import { redactSecrets, silentLogger, type Logger } from '../log.js';
 import { Attempts } from './attempt.js';
 import { createJobProcessor } from './processor.js';
+import { traceJobs } from './tracing.js';
 import { startFetcher, startFetchers, type FetcherConnection } from './fetchers.js';
 import { registerConsumers, touchDefinitions } from './registration.js';
 import { foreignChannelGuard } from './foreign-channel.js';
@@ -251,7 +252,9 @@ class ConsumerWorkers implements PgqWorker {
       attempts: this.attempts,
       leaveForeign: this.foreignGuard(def),
     });
-    return startFetchers(def, processor, this.concurrencyOf(def), this.where(def.id));
+    // Each attempt in a CONSUMER span when @opentelemetry/api is installed (consume/tracing.ts).
+    const traced = traceJobs(def.id, processor);
+    return startFetchers(def, traced, this.concurrencyOf(def), this.where(def.id));
   }
 
   close(): Promise<void> {

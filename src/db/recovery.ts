@@ -110,7 +110,7 @@ export class RecoveryStore {
                 FOR UPDATE SKIP LOCKED) claimed
         WHERE n.id = claimed.id
         RETURNING n.id, n.channel, n.payload::text AS payload, n.context::text AS context,
-                  n.created_at, n.key`,
+                  n.created_at, n.key, n.traceparent, n.tracestate`,
       [limit, channels, since],
     );
     return res.rows;
@@ -205,7 +205,7 @@ export class RecoveryStore {
     if (ids.length === 0) return [];
     const res = await db.query<NotificationRow>(
       `SELECT n.id::text AS id, n.channel, n.payload::text AS payload,
-              n.context::text AS context, n.created_at, n.key
+              n.context::text AS context, n.created_at, n.key, n.traceparent, n.tracestate
          FROM ${this.s}.notifications n WHERE n.id = ANY($1::bigint[]) ORDER BY n.id`,
       [ids],
     );

@@ -16,6 +16,9 @@ export interface NotificationRow {
   created_at: Date;
   /** Ordering key (migration 0009); null or absent when the row has none. */
   key?: string | null;
+  /** The writer's W3C trace context (migration 0010); null or absent when it had none. */
+  traceparent?: string | null;
+  tracestate?: string | null;
 }
 
 /** One (consumer, channel) subscription, with the consumer's job settings. */
@@ -68,9 +71,16 @@ export class Store {
     channel: string,
     payloadJson: string,
     key?: string,
+    trace?: { traceparent: string; tracestate?: string },
   ): Promise<string> {
-    const res =
-      key === undefined
+    const res = trace
+      ? // With the writer's trace context (migration 0010); without one, the functions below
+        // read the transaction's pgq_bridge.traceparent setting.
+        await db.query<{ id: string }>(
+          `SELECT ${this.s}.notify($1, $2::jsonb, $3::text, $4::text, $5::text) AS id`,
+          [channel, payloadJson, key ?? null, trace.traceparent, trace.tracestate ?? null],
+        )
+      : key === undefined
         ? await db.query<{ id: string }>(`SELECT ${this.s}.notify($1, $2::jsonb) AS id`, [
             channel,
             payloadJson,
@@ -140,7 +150,7 @@ export class Store {
                 ORDER BY id LIMIT ${limit}
                 FOR UPDATE SKIP LOCKED))
         RETURNING n.id, n.channel, n.payload::text AS payload, n.context::text AS context,
-                  n.created_at, n.key`;
+                  n.created_at, n.key, n.traceparent, n.tracestate`;
   }
 
   /**

@@ -1,5 +1,6 @@
 import pg from 'pg';
-import { readLocalContext, setLocalContext } from '../db/context.js';
+import { readLocalContext, readLocalTrace, setLocalContext } from '../db/context.js';
+import { currentTrace } from '../tracing.js';
 import { PgqError } from '../errors.js';
 
 /** Who or what caused a change: any JSON object, e.g. `{ userId: 42, requestId: 'r-1' }`. */
@@ -33,21 +34,28 @@ function transactionStatus(client: TransactionClient): string | null {
   return typeof getStatus === 'function' ? (getStatus.call(client) ?? null) : null;
 }
 
+/** The caller's active trace context (undefined without `@opentelemetry/api` or a span). */
+async function activeTrace(): Promise<Awaited<ReturnType<typeof currentTrace>>> {
+  return currentTrace();
+}
+
 /**
  * Sets the context of the caller's current transaction (plain SQL:
  * `SET LOCAL pgq_bridge.context = '{...}'`): every notification and trigger payload written by
- * it from now on carries `context`. Call it after `BEGIN`; it ends with the transaction.
+ * it from now on carries `context` (and, with `@opentelemetry/api` and an active span, its trace
+ * context). Call it after `BEGIN`; it ends with the transaction.
  */
 export async function setContext(
   client: TransactionClient,
   context: NotificationContext,
 ): Promise<void> {
-  await setLocalContext(client, contextJson(context));
+  await setLocalContext(client, contextJson(context), await activeTrace());
 }
 
 /**
  * Runs `fn` in a transaction whose notifications and trigger payloads all carry `context`, so a
- * handler knows who or what caused them (`n.context`).
+ * handler knows who or what caused them (`n.context`). With `@opentelemetry/api` and an active
+ * span, they carry its trace context too (docs/tracing.md).
  *
  * - With a Pool, or a client outside a transaction: BEGIN, set the context, `fn(client)`,
  *   COMMIT (ROLLBACK if `fn` throws). The context is `SET LOCAL`: the connection's next
@@ -91,9 +99,10 @@ async function ownTransaction<T>(
   json: string,
   fn: (client: TransactionClient) => Promise<T>,
 ): Promise<T> {
+  const trace = await activeTrace();
   await client.query('BEGIN');
   try {
-    await setLocalContext(client, json);
+    await setLocalContext(client, json, trace);
     const result = await fn(client);
     await client.query('COMMIT');
     return result;
@@ -108,12 +117,15 @@ async function nested<T>(
   json: string,
   fn: (client: TransactionClient) => Promise<T>,
 ): Promise<T> {
+  const trace = await activeTrace();
   const previous = await readLocalContext(client);
-  await setLocalContext(client, json);
+  // The trace settings are restored too, but read only when they are about to change.
+  const previousTrace = trace ? await readLocalTrace(client) : undefined;
+  await setLocalContext(client, json, trace);
   try {
     return await fn(client);
   } finally {
     // In a transaction fn left failed, this fails too; the rollback ends the context anyway.
-    if (transactionStatus(client) === 'T') await setLocalContext(client, previous);
+    if (transactionStatus(client) === 'T') await setLocalContext(client, previous, previousTrace);
   }
 }

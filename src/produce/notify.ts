@@ -1,6 +1,7 @@
 import { PgqError, UsageError } from '../errors.js';
 import { assertChannel } from '../identifiers.js';
 import { Store, type Queryable } from '../db/store.js';
+import { currentTrace } from '../tracing.js';
 
 /** Options of {@link notify}. */
 export interface NotifyOptions {
@@ -66,7 +67,9 @@ export function serializePayload(payload: unknown): string {
  * Stores a notification and wakes the listeners.
  *
  * Pass the `pg` client of your own transaction and the notification commits or rolls back with
- * your change; pass a Pool to store it on its own.
+ * your change; pass a Pool to store it on its own. When `@opentelemetry/api` is installed and a
+ * span is active, its trace context is stored with the row and the handler's span continues the
+ * trace (docs/tracing.md).
  *
  * @param db - a `pg` Pool, Client or PoolClient
  * @param channel - 1–63 characters of `[A-Za-z0-9_.:-]`
@@ -85,10 +88,14 @@ export async function notify(
   assertChannel(channel);
   if (options.key !== undefined) assertKey(options.key);
   const json = serializePayload(payload);
+  // The caller's span context (docs/tracing.md); only the first call ever awaits here.
+  let trace = currentTrace();
+  if (trace instanceof Promise) trace = await trace;
   return storeFor(options.schema ?? 'pgq_bridge').insertNotification(
     db,
     channel,
     json,
     options.key,
+    trace,
   );
 }
