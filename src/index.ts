@@ -10,13 +10,17 @@ export {
   type ConsumerOptions,
   type SingleConsumerDefinition,
   type BatchConsumerDefinition,
+  type PlainSingleConsumerDefinition,
+  type TransactionalSingleConsumerDefinition,
+  type PlainBatchConsumerDefinition,
+  type TransactionalBatchConsumerDefinition,
   type Backoff,
   type KeepJobs,
   type ChannelRef,
   type PayloadOfChannels,
 } from './consume/consumers.js';
 export type { Notification, Change } from './consume/notification.js';
-export type { HandlerContext } from './consume/attempt.js';
+export type { HandlerContext, TransactionalHandlerContext } from './consume/attempt.js';
 export {
   defineChannel,
   type Channel,

@@ -1,3 +1,4 @@
+import type pg from 'pg';
 import { PgqError } from '../errors.js';
 
 /** The third argument of every handler (`handle(n, job, ctx)`, `handleBatch(ns, job, ctx)`). */
@@ -9,6 +10,16 @@ export interface HandlerContext {
    * only delays its own retry.
    */
   signal: AbortSignal;
+}
+
+/**
+ * The `ctx` of a transactional consumer's handler (`transactional: true`): `db` is a client inside
+ * the attempt's transaction on the pgq-bridge database. Write the handler's effects through it:
+ * they commit together with the delivery's ledger row, exactly once, or roll back with it. Do not
+ * release it, commit it or roll it back yourself.
+ */
+export interface TransactionalHandlerContext extends HandlerContext {
+  db: pg.PoolClient;
 }
 
 /** Error of an attempt that outlived the consumer's `timeout` (code `PGQ_TIMEOUT`). */

@@ -6,6 +6,8 @@ import type { LedgerWriter } from './ledger.js';
 import type { Metrics } from '../operate/metrics.js';
 import type { Attempts } from './attempt.js';
 import type { CompletedLookup } from './ledger-lookup.js';
+import type { TransactionRunner } from './transaction.js';
+import { callBatchHandler } from './batch-call.js';
 import { attemptOf, entriesOf, isPermanent } from './job-data.js';
 import { toNotification, type Notification, type NotificationJobData } from './notification.js';
 import { errorMessage } from '../util.js';
@@ -29,6 +31,8 @@ export interface BatchRunnerDeps {
   lookup: CompletedLookup | undefined;
   /** Runs handler attempts with their signal (shared by the process's consumers). */
   attempts: Attempts;
+  /** Runs the attempts of transactional consumers (set when this process has any). */
+  transactions: TransactionRunner | undefined;
   metrics?: Metrics;
   /** The consumer's queue (for the single-notification jobs of a split batch). */
   queue: () => Queue;
@@ -91,12 +95,14 @@ export class BatchRunner {
     );
     if (unsubscribed) return unsubscribed;
     const attempt = attemptOf(job);
-    const done = this.deps.lookup
-      ? await this.deps.lookup.completedAmong(
-          this.def.id,
-          parsed.entries.map((e) => e.id),
-        )
-      : NONE;
+    // A transactional call decides inside its transaction, under the deliveries' row locks.
+    const done =
+      this.deps.lookup && !this.def.transactional
+        ? await this.deps.lookup.completedAmong(
+            this.def.id,
+            parsed.entries.map((e) => e.id),
+          )
+        : NONE;
     const entries = parsed.entries.filter((e) => !done.has(e.id));
     if (entries.length === 0) return { skipped: 'already completed per the ledger' };
     try {
@@ -148,19 +154,10 @@ export class BatchRunner {
       for (const m of members) {
         for (const e of m.entries) notifications.push(toNotification(e, m.attempt, m.isReplay));
       }
-      const job = members[0].job;
       // One span per handler call, linked to every notification's writer (consume/tracing.ts).
       const entries = members.flatMap((m) => m.entries);
       await traceBatchCall(this.def.id, entries, members[0].attempt, () =>
-        this.deps.attempts.run((ctx) => this.def.handleBatch(notifications, job, ctx), {
-          timeoutMs: this.def.timeout,
-          what: `batch handler of ${this.def.id}`,
-          onTimeout: () =>
-            this.deps.log.warn(
-              { consumer: this.def.id, jobId: job.id, timeoutMs: this.def.timeout },
-              'batch handler timed out; its signal is aborted and the retry waits until it settles',
-            ),
-        }),
+        callBatchHandler(this.def, this.deps, notifications, members[0].job),
       );
     } catch (caught) {
       error = caught ?? new Error('batch handler threw a nullish value');
@@ -173,9 +170,12 @@ export class BatchRunner {
         members.map(async (m) => {
           this.deps.metrics?.observeJob(this.def.id, 'completed', seconds);
           const keep = m.job.opts.removeOnComplete;
-          await Promise.all(
-            m.entries.map((e) => this.outcome(e, 'completed', m.attempt, null, keep)),
-          );
+          // A transactional call committed its ledger rows with the handler's writes.
+          if (!this.def.transactional) {
+            await Promise.all(
+              m.entries.map((e) => this.outcome(e, 'completed', m.attempt, null, keep)),
+            );
+          }
           m.settle(undefined);
         }),
       );

@@ -5,7 +5,7 @@ import { UsageError } from '../errors.js';
 import { assertChannel, assertConsumerId } from '../identifiers.js';
 import { importUserFile } from './load-module.js';
 import type { Notification } from './notification.js';
-import type { HandlerContext } from './attempt.js';
+import type { HandlerContext, TransactionalHandlerContext } from './attempt.js';
 
 /** BullMQ's "keep jobs" setting: true/false, a count, or `{ age, count }`. */
 export type KeepJobs = boolean | number | { age?: number; count?: number; limit?: number };
@@ -55,9 +55,10 @@ export function workerTuning(
   };
 }
 
-/** A consumer that handles one notification per job. */
-export interface SingleConsumerDefinition<Payload = unknown> extends ConsumerOptions {
+/** A consumer that handles one notification per job, outside any transaction of ours. */
+export interface PlainSingleConsumerDefinition<Payload = unknown> extends ConsumerOptions {
   batch?: undefined;
+  transactional?: false;
   /**
    * Handles one notification. Throw to retry; throw `PermanentError` to fail at once. `ctx.signal`
    * aborts when the attempt times out or the process stops past its shutdown timeout.
@@ -65,13 +66,46 @@ export interface SingleConsumerDefinition<Payload = unknown> extends ConsumerOpt
   handle(notification: Notification<Payload>, job: Job, ctx: HandlerContext): unknown;
 }
 
-/** A consumer that receives notifications in batches (one BullMQ job per batch). */
-export interface BatchConsumerDefinition<Payload = unknown> extends ConsumerOptions {
+/**
+ * A consumer whose every attempt runs in a Postgres transaction (docs/transactional.md): its
+ * writes through `ctx.db` commit exactly once per notification, with the ledger row.
+ */
+export interface TransactionalSingleConsumerDefinition<Payload = unknown> extends ConsumerOptions {
+  batch?: undefined;
+  transactional: true;
+  /** Handles one notification inside the attempt's transaction (`ctx.db`). */
+  handle(notification: Notification<Payload>, job: Job, ctx: TransactionalHandlerContext): unknown;
+}
+
+/** A consumer that handles one notification per job. */
+export type SingleConsumerDefinition<Payload = unknown> =
+  PlainSingleConsumerDefinition<Payload> | TransactionalSingleConsumerDefinition<Payload>;
+
+/** A batch consumer (one BullMQ job per batch), outside any transaction of ours. */
+export interface PlainBatchConsumerDefinition<Payload = unknown> extends ConsumerOptions {
   /** Up to `size` notifications per job, waiting at most `maxWaitMs` to fill a batch. */
   batch: { size: number; maxWaitMs: number };
+  transactional?: false;
   /** Handles a batch of notifications (`ctx` as for `handle`). */
   handleBatch(notifications: Notification<Payload>[], job: Job, ctx: HandlerContext): unknown;
 }
+
+/** A batch consumer whose every handler call runs in one Postgres transaction (`ctx.db`). */
+export interface TransactionalBatchConsumerDefinition<Payload = unknown> extends ConsumerOptions {
+  /** Up to `size` notifications per job, waiting at most `maxWaitMs` to fill a batch. */
+  batch: { size: number; maxWaitMs: number };
+  transactional: true;
+  /** Handles a batch of notifications inside one transaction (`ctx.db`). */
+  handleBatch(
+    notifications: Notification<Payload>[],
+    job: Job,
+    ctx: TransactionalHandlerContext,
+  ): unknown;
+}
+
+/** A consumer that receives notifications in batches (one BullMQ job per batch). */
+export type BatchConsumerDefinition<Payload = unknown> =
+  PlainBatchConsumerDefinition<Payload> | TransactionalBatchConsumerDefinition<Payload>;
 
 /** A consumer definition: a plain object; see SPEC.md. */
 export type ConsumerDefinition<Payload = unknown> =
@@ -182,6 +216,9 @@ export function validateConsumer(value: unknown, where: string): ConsumerDefinit
     if (def[key] !== undefined && !positiveInteger(def[key])) {
       fail(`${key} must be a positive integer (ms)`);
     }
+  }
+  if (def.transactional !== undefined && typeof def.transactional !== 'boolean') {
+    fail('transactional must be true or false');
   }
   if (def.timeout !== undefined && !positiveInteger(def.timeout))
     fail('timeout must be a positive integer (ms)');

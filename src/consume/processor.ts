@@ -6,6 +6,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../operate/metrics.js';
 import type { Attempts } from './attempt.js';
 import type { CompletedLookup } from './ledger-lookup.js';
+import type { TransactionRunner } from './transaction.js';
 import { attemptOf, isPermanent, singleEntryOf } from './job-data.js';
 import { toNotification, type Notification, type NotificationJobData } from './notification.js';
 import { errorMessage } from '../util.js';
@@ -24,6 +25,8 @@ export interface ProcessorDeps {
   attempts: Attempts;
   /** Leaves a job of a channel this definition does not list to other workers (rolling deploys). */
   leaveForeign?: (job: Job, channels: readonly string[]) => Promise<unknown>;
+  /** Runs the attempts of transactional consumers (set when this process has any). */
+  transactions: TransactionRunner | undefined;
 }
 
 /** What the processor returns for a job the ledger already records as completed. */
@@ -40,7 +43,8 @@ const SKIPPED = { skipped: 'already completed per the ledger' } as const;
  *    attempt, in one batched query with the other jobs starting meanwhile).
  * 3. {@link notificationOf}: job data → the handler's `Notification`.
  * 4. {@link runHandler}: the handler with its `ctx` (signal, timeout), holding the slot until
- *    the handler settles.
+ *    the handler settles; for a transactional consumer inside its transaction, which claims the
+ *    delivery in the ledger first (and skips it when completed).
  * 5. The outcome: ledger, metrics, logs ({@link completed} / {@link failed}).
  */
 export function createJobProcessor(
@@ -53,25 +57,36 @@ export function createJobProcessor(
     if (unsubscribed) return unsubscribed;
     const attempt = attemptOf(job);
     const isReplay = data.replay === true;
-    if (await alreadyCompleted(def, deps, data)) {
-      deps.log.debug(
-        { notificationId: data.id, channel: data.channel, consumer: def.id, attempt },
-        'skipped: already completed per the ledger',
-      );
-      return SKIPPED;
-    }
+    if (await alreadyCompleted(def, deps, data)) return skipped(def, deps, data, attempt);
     const notification = notificationOf(data, attempt, isReplay);
     const started = performance.now();
-    let result: unknown;
+    let ran: Ran;
     try {
-      result = await runHandler(def, deps, notification, job);
+      ran = await runHandler(def, deps, notification, job);
     } catch (error) {
       await failed(def, deps, job, data, attempt, started, error);
       throw error;
     }
+    if (!ran.ran) return skipped(def, deps, data, attempt);
     await completed(def, deps, job, data, attempt, started);
-    return result ?? null;
+    return ran.result ?? null;
   };
+}
+
+/** Whether the handler ran (a transactional attempt finds a completed delivery in its lock). */
+type Ran = { ran: true; result: unknown } | { ran: false };
+
+function skipped(
+  def: SingleConsumerDefinition,
+  deps: ProcessorDeps,
+  data: NotificationJobData,
+  attempt: number,
+): typeof SKIPPED {
+  deps.log.debug(
+    { notificationId: data.id, channel: data.channel, consumer: def.id, attempt },
+    'skipped: already completed per the ledger',
+  );
+  return SKIPPED;
 }
 
 /**
@@ -85,7 +100,9 @@ function alreadyCompleted(
   deps: ProcessorDeps,
   data: NotificationJobData,
 ): Promise<boolean> | false {
-  return deps.lookup ? deps.lookup.isCompleted(def.id, data.id) : false;
+  // A transactional attempt decides inside its transaction, under the delivery's row lock.
+  if (def.transactional || !deps.lookup) return false;
+  return deps.lookup.isCompleted(def.id, data.id);
 }
 
 /** The handler's view of a job's notification. */
@@ -97,14 +114,17 @@ function notificationOf(
   return toNotification(data, attempt, isReplay);
 }
 
-/** One handler attempt: `handle(n, job, ctx)` under the consumer's `timeout`. */
-function runHandler(
+/**
+ * One handler attempt: `handle(n, job, ctx)` under the consumer's `timeout`; for a transactional
+ * consumer inside the attempt's transaction, whose first statement claims the delivery.
+ */
+async function runHandler(
   def: SingleConsumerDefinition,
   deps: ProcessorDeps,
   notification: Notification,
   job: Job,
-): Promise<unknown> {
-  return deps.attempts.run((ctx) => def.handle(notification, job, ctx), {
+): Promise<Ran> {
+  const options = {
     timeoutMs: def.timeout,
     what: `handler of ${def.id}`,
     onTimeout: () =>
@@ -112,7 +132,23 @@ function runHandler(
         { notificationId: notification.id, consumer: def.id, timeoutMs: def.timeout },
         'handler timed out; its signal is aborted and the retry waits until it settles',
       ),
-  });
+  };
+  if (!def.transactional) {
+    return {
+      ran: true,
+      result: await deps.attempts.run((ctx) => def.handle(notification, job, ctx), options),
+    };
+  }
+  if (!deps.transactions) throw new Error(`no transaction pool for ${def.id}`);
+  const outcome = await deps.transactions.run(
+    def.id,
+    [notification.id],
+    notification.attempt,
+    def.timeout,
+    (db) =>
+      deps.attempts.run(({ signal }) => def.handle(notification, job, { signal, db }), options),
+  );
+  return outcome.ran ? { ran: true, result: outcome.result } : { ran: false };
 }
 
 async function completed(
@@ -123,16 +159,19 @@ async function completed(
   attempt: number,
   started: number,
 ): Promise<void> {
-  await deps.ledger?.write(
-    {
-      consumerId: def.id,
-      notificationId: data.id,
-      status: 'completed',
-      attempts: attempt,
-      lastError: null,
-    },
-    job.opts.removeOnComplete,
-  );
+  // A transactional attempt committed its ledger row with the handler's writes.
+  if (!def.transactional) {
+    await deps.ledger?.write(
+      {
+        consumerId: def.id,
+        notificationId: data.id,
+        status: 'completed',
+        attempts: attempt,
+        lastError: null,
+      },
+      job.opts.removeOnComplete,
+    );
+  }
   const seconds = (performance.now() - started) / 1000;
   deps.metrics?.observeJob(def.id, 'completed', seconds);
   // Guarded: building the fields costs something on the hot path even when not logged.

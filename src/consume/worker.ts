@@ -16,6 +16,7 @@ import { createPool } from '../db/pool.js';
 import { Store } from '../db/store.js';
 import { LedgerWriter } from './ledger.js';
 import { CompletedLookup } from './ledger-lookup.js';
+import { TransactionRunner } from './transaction.js';
 import type { Metrics } from '../operate/metrics.js';
 import { redactSecrets, silentLogger, type Logger } from '../log.js';
 import { Attempts } from './attempt.js';
@@ -77,6 +78,9 @@ class ConsumerWorkers implements PgqWorker {
   private readonly ledger: LedgerWriter;
   private readonly recordOutcomes: boolean;
   private readonly lookup: CompletedLookup;
+  /** The pool and runner of transactional consumers' attempts (when this process has any). */
+  private readonly txPool: pg.Pool | undefined;
+  private readonly transactions: TransactionRunner | undefined;
   /** Handler attempts of every consumer of this process (their signals abort at shutdown). */
   private readonly attempts = new Attempts();
   private readonly abort = new AbortController();
@@ -111,6 +115,22 @@ class ConsumerWorkers implements PgqWorker {
     this.ledger = new LedgerWriter(this.store, this.pool, this.log);
     this.recordOutcomes = options.ledger ?? true;
     this.lookup = new CompletedLookup(this.store, this.pool, this.log);
+    const transactional = options.consumers.filter((def) => def.transactional === true);
+    if (transactional.length > 0) {
+      // One connection per handler slot (each holds its transaction for the whole attempt), plus
+      // a few, so a slot never waits for a connection another slot holds.
+      const slots = transactional.reduce((sum, def) => sum + this.concurrencyOf(def), 0);
+      this.txPool = createPool(
+        {
+          connectionString: options.settings.databaseUrl,
+          max: slots + TX_POOL_SPARE,
+          connectionTimeoutMillis: 10_000,
+          application_name: 'pgq-bridge work (transactional)',
+        },
+        this.log,
+      );
+      this.transactions = new TransactionRunner(options.settings.schema, this.txPool, this.log);
+    }
   }
 
   async start(): Promise<void> {
@@ -226,6 +246,7 @@ class ConsumerWorkers implements PgqWorker {
       ledger: this.recordOutcomes ? this.ledger : undefined,
       lookup: this.recordOutcomes ? this.lookup : undefined,
       attempts: this.attempts,
+      transactions: this.transactions,
       metrics: this.options.metrics,
       queue: () => {
         if (!queue) {
@@ -251,6 +272,7 @@ class ConsumerWorkers implements PgqWorker {
       lookup: this.recordOutcomes ? this.lookup : undefined,
       attempts: this.attempts,
       leaveForeign: this.foreignGuard(def),
+      transactions: this.transactions,
     });
     // Each attempt in a CONSUMER span when @opentelemetry/api is installed (consume/tracing.ts).
     const traced = traceJobs(def.id, processor);
@@ -292,9 +314,13 @@ class ConsumerWorkers implements PgqWorker {
     await this.ledger.flush();
     this.ledger.close();
     await closeRedis(this.redis);
+    await this.txPool?.end();
     await this.pool.end();
   }
 }
+
+/** Connections of the transactional pool beyond one per handler slot. */
+const TX_POOL_SPARE = 2;
 
 /** How long handlers get to settle after their signal aborted at the shutdown timeout. */
 const ABORT_GRACE_MS = 1000;
