@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { createPool } from '../db/pool.js';
 import { TransactionSql } from '../db/transactions.js';
 import type { Logger } from '../log.js';
 import { redactSecrets } from '../log.js';
@@ -6,6 +7,26 @@ import { errorMessage } from '../util.js';
 
 /** How long past its `timeout` an attempt's transaction may sit idle before Postgres ends it. */
 const IDLE_MARGIN_MS = 10_000;
+
+/** Connections of the transactional pool beyond one per handler slot. */
+const SPARE_CONNECTIONS = 2;
+
+/**
+ * The pool of transactional consumers' attempts: one connection per handler slot (each holds its
+ * transaction for the whole attempt), plus a few, so that a slot never waits for a connection
+ * another slot holds, and the ledger's own pool is never starved by long transactions.
+ */
+export function transactionPool(databaseUrl: string, slots: number, log: Logger): pg.Pool {
+  return createPool(
+    {
+      connectionString: databaseUrl,
+      max: slots + SPARE_CONNECTIONS,
+      connectionTimeoutMillis: 10_000,
+      application_name: 'pgq-bridge work (transactional)',
+    },
+    log,
+  );
+}
 
 /** The handler returned, but its transaction had failed (an SQL error it caught): rolled back. */
 export class TransactionAbortedError extends Error {

@@ -16,7 +16,8 @@ import { createPool } from '../db/pool.js';
 import { Store } from '../db/store.js';
 import { LedgerWriter } from './ledger.js';
 import { CompletedLookup } from './ledger-lookup.js';
-import { TransactionRunner } from './transaction.js';
+import { TransactionRunner, transactionPool } from './transaction.js';
+import { stopWorkers } from './shutdown.js';
 import type { Metrics } from '../operate/metrics.js';
 import { redactSecrets, silentLogger, type Logger } from '../log.js';
 import { Attempts } from './attempt.js';
@@ -117,18 +118,8 @@ class ConsumerWorkers implements PgqWorker {
     this.lookup = new CompletedLookup(this.store, this.pool, this.log);
     const transactional = options.consumers.filter((def) => def.transactional === true);
     if (transactional.length > 0) {
-      // One connection per handler slot (each holds its transaction for the whole attempt), plus
-      // a few, so a slot never waits for a connection another slot holds.
       const slots = transactional.reduce((sum, def) => sum + this.concurrencyOf(def), 0);
-      this.txPool = createPool(
-        {
-          connectionString: options.settings.databaseUrl,
-          max: slots + TX_POOL_SPARE,
-          connectionTimeoutMillis: 10_000,
-          application_name: 'pgq-bridge work (transactional)',
-        },
-        this.log,
-      );
+      this.txPool = transactionPool(options.settings.databaseUrl, slots, this.log);
       this.transactions = new TransactionRunner(options.settings.schema, this.txPool, this.log);
     }
   }
@@ -288,27 +279,12 @@ class ConsumerWorkers implements PgqWorker {
     this.abort.abort();
     clearInterval(this.heartbeat);
     await this.playingBack;
-    const timeoutMs = this.options.shutdownTimeoutMs ?? 30_000;
-    const closing = this.running.map(({ worker }) => worker.close());
-    const drained = await settlesWithin(Promise.all(closing), timeoutMs);
-    if (!drained) {
-      // Past the shutdown timeout: tell the handlers still running (ctx.signal), give those that
-      // listen a moment to settle (their outcome is then recorded), then abandon the rest.
-      this.log.warn(
-        { timeoutMs, running: this.attempts.running },
-        'shutdown timeout: aborting the signals of in-flight handlers',
-      );
-      this.attempts.abortAll();
-      if (!(await settlesWithin(Promise.all(closing), ABORT_GRACE_MS))) {
-        this.log.warn(
-          { running: this.attempts.running },
-          'abandoning in-flight jobs (BullMQ retries them as stalled)',
-        );
-        await Promise.all(
-          this.running.map(({ worker }) => worker.close(true).catch(() => undefined)),
-        );
-      }
-    }
+    await stopWorkers(
+      this.running.map((r) => r.worker),
+      this.attempts,
+      this.options.shutdownTimeoutMs ?? 30_000,
+      this.log,
+    );
     this.lookup.close();
     await Promise.all(this.batchQueues.map((q) => q.close().catch(() => undefined)));
     await this.ledger.flush();
@@ -316,29 +292,6 @@ class ConsumerWorkers implements PgqWorker {
     await closeRedis(this.redis);
     await this.txPool?.end();
     await this.pool.end();
-  }
-}
-
-/** Connections of the transactional pool beyond one per handler slot. */
-const TX_POOL_SPARE = 2;
-
-/** How long handlers get to settle after their signal aborted at the shutdown timeout. */
-const ABORT_GRACE_MS = 1000;
-
-/** Whether `promise` settles within `ms` (its rejection counts as settled). */
-async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<false>((resolve) => {
-    timer = setTimeout(() => resolve(false), ms);
-  });
-  const settled = promise.then(
-    () => true as const,
-    () => true as const,
-  );
-  try {
-    return await Promise.race([settled, late]);
-  } finally {
-    clearTimeout(timer);
   }
 }
 

@@ -28,9 +28,9 @@ export class TransactionSql {
   /**
    * Opens the attempt's transaction on `client` and claims the deliveries of `ids` for
    * `consumerId`, in one round trip: BEGIN, the limits (SET LOCAL), and an upsert of each
-   * delivery as completed, unless the ledger already says completed. Returns the claimed ids
-   * (in id order); the ones left out were completed before, and the caller runs nothing for
-   * them.
+   * delivery as completed, unless the ledger already says completed (or 'skipped': given up with
+   * `pgq-bridge consumers skip`, as final). Returns the claimed ids (in id order); the ones left
+   * out were finished before, and the caller runs nothing for them.
    *
    * Why an upsert first: the row it inserts or locks (ON CONFLICT DO UPDATE locks the row even
    * when its WHERE is false) is held until COMMIT or ROLLBACK, so a concurrent run of the same
@@ -68,7 +68,7 @@ export class TransactionSql {
        ON CONFLICT (consumer_id, notification_id) DO UPDATE
          SET status = 'completed', attempts = EXCLUDED.attempts, last_error = NULL,
              finished_at = clock_timestamp()
-         WHERE d.status <> 'completed'
+         WHERE d.status NOT IN ('completed', 'skipped')
        RETURNING notification_id::text AS id`,
     );
     const results = (await client.query(statements.join(';\n'))) as unknown as pg.QueryResult[];
