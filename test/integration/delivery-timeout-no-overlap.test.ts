@@ -99,7 +99,10 @@ describe('a handler that outlives its timeout', () => {
     const work = await startWork(t.env, dir, 2);
     const listen = await startListen(t.env);
     await sendNotifications(t.databaseUrl, t.schema, 6, 2, () => 'slow');
-    await sendNotifications(t.databaseUrl, t.schema, 4, 1, () => 'slow-batch');
+    // One transaction, so the listener claims the four together and packs two jobs of two.
+    await t.pool.query(
+      `SELECT "${t.schema}".notify('slow-batch', jsonb_build_object('i', g)) FROM generate_series(1, 4) g`,
+    );
     // Every attempt times out. slow: 3 attempts of each of the 6. slow-batch: 2 attempts of
     // each batch job, then (failed for good) split into one job per notification, 2 attempts
     // each: every notification ends as a dead letter in the ledger.
