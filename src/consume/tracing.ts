@@ -7,6 +7,8 @@
  *   notification to the handler; the handler runs inside it, so its own spans are its children.
  * - A batch handler call (`handleBatch`, several notifications): one span per call, a new trace
  *   linked to every notification's writer context (OpenTelemetry's rule for batch receivers).
+ * - A packed job whose notifications go to `handle` one by one: one span per call, as for a
+ *   job of its own ({@link traceHandleCall}).
  */
 import type { Job } from 'bullmq';
 import type { Span, SpanOptions } from '@opentelemetry/api';
@@ -55,33 +57,52 @@ export function traceJobs(
   consumerId: string,
   processor: (job: Job) => Promise<unknown>,
 ): (job: Job) => Promise<unknown> {
-  return async (job: Job) => {
-    const otel = otelNow() === null ? null : await api();
-    if (!otel) return processor(job);
-    const data = (job.data ?? {}) as Partial<NotificationJobData>;
-    const writer = spanContextOf(otel, data.traceparent, data.tracestate);
-    const parent = writer
-      ? otel.trace.setSpanContext(otel.ROOT_CONTEXT, writer)
-      : otel.context.active();
-    const attributes: SpanOptions['attributes'] = {
-      'messaging.system': MESSAGING_SYSTEM,
-      'messaging.operation.type': 'process',
-      'messaging.operation.name': 'process',
-      'messaging.consumer.group.name': consumerId,
-      'pgq_bridge.attempt': attemptOf(job),
-    };
-    if (typeof data.channel === 'string') attributes['messaging.destination.name'] = data.channel;
-    if (typeof data.id === 'string') attributes['messaging.message.id'] = data.id;
-    if (job.id !== undefined) attributes['pgq_bridge.job.id'] = job.id;
-    if (data.replay === true) attributes['pgq_bridge.replay'] = true;
-    return inSpan(
-      otel,
-      `${consumerId} process`,
-      { kind: otel.SpanKind.CONSUMER, attributes },
-      parent,
+  return (job: Job) =>
+    traceHandleCall(
+      consumerId,
+      (job.data ?? {}) as Partial<NotificationJobData>,
+      attemptOf(job),
       () => processor(job),
+      job.id,
     );
+}
+
+/**
+ * Runs one handler call for one notification (`entry`: its job data) in a CONSUMER span, child
+ * of the writer's context: what {@link traceJobs} does per job, and what a runner that calls
+ * `handle` once per notification of a packed job wraps each call in.
+ */
+export async function traceHandleCall<T>(
+  consumerId: string,
+  entry: Partial<NotificationJobData>,
+  attempt: number,
+  call: () => Promise<T>,
+  jobId?: string,
+): Promise<T> {
+  const otel = otelNow() === null ? null : await api();
+  if (!otel) return call();
+  const writer = spanContextOf(otel, entry.traceparent, entry.tracestate);
+  const parent = writer
+    ? otel.trace.setSpanContext(otel.ROOT_CONTEXT, writer)
+    : otel.context.active();
+  const attributes: SpanOptions['attributes'] = {
+    'messaging.system': MESSAGING_SYSTEM,
+    'messaging.operation.type': 'process',
+    'messaging.operation.name': 'process',
+    'messaging.consumer.group.name': consumerId,
+    'pgq_bridge.attempt': attempt,
   };
+  if (typeof entry.channel === 'string') attributes['messaging.destination.name'] = entry.channel;
+  if (typeof entry.id === 'string') attributes['messaging.message.id'] = entry.id;
+  if (jobId !== undefined) attributes['pgq_bridge.job.id'] = jobId;
+  if (entry.replay === true) attributes['pgq_bridge.replay'] = true;
+  return inSpan(
+    otel,
+    `${consumerId} process`,
+    { kind: otel.SpanKind.CONSUMER, attributes },
+    parent,
+    call,
+  );
 }
 
 /**
