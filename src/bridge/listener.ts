@@ -113,6 +113,7 @@ class BridgeListener extends EventEmitter implements Listener {
         idle_in_transaction_session_timeout: 60_000,
       },
       this.log,
+      'listener',
     );
     this.redis = createRedis(settings, this.log, 'listen');
     this.queues = new QueueSet(this.redis, settings);

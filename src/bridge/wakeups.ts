@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import pg from 'pg';
+import { sessionSettings } from '../db/pool.js';
 import pRetry from 'p-retry';
 import type { Store } from '../db/store.js';
 import { redactSecrets, type Logger } from '../log.js';
@@ -82,6 +83,7 @@ export class WakeupListener extends EventEmitter {
       keepAlive: true,
       connectionTimeoutMillis: 10_000,
       application_name: 'pgq-bridge listen',
+      ...sessionSettings('wakeups'),
     });
     client.on('error', (error) => this.lost(client, error));
     client.on('end', () => this.lost(client, new Error('connection ended')));

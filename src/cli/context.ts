@@ -1,5 +1,6 @@
 import { Command, InvalidArgumentError } from 'commander';
 import pg from 'pg';
+import { sessionSettings, type SessionRole } from '../db/pool.js';
 import { PgqError } from '../errors.js';
 import { redactSecrets } from '../log.js';
 import { errorMessage } from '../util.js';
@@ -101,13 +102,18 @@ export function runUntilSignal(
 
 /**
  * Connects a one-shot command to Postgres, failing within 10 s (not the OS's TCP timeout) with a
- * message that names the server (password redacted).
+ * message that names the server (password redacted). The session is bounded as `role` says.
  */
-export async function connectPostgres(url: string, applicationName: string): Promise<pg.Client> {
+export async function connectPostgres(
+  url: string,
+  applicationName: string,
+  role: SessionRole = 'command',
+): Promise<pg.Client> {
   const client = new pg.Client({
     connectionString: url,
     connectionTimeoutMillis: 10_000,
     application_name: applicationName,
+    ...sessionSettings(role),
   });
   try {
     await client.connect();

@@ -16,7 +16,7 @@ export function registerMigrate(program: Command): void {
         process.stdout.write(migrationScript(config.schema));
         return;
       }
-      const client = await connectPostgres(config.databaseUrl, 'pgq-bridge migrate');
+      const client = await connectPostgres(config.databaseUrl, 'pgq-bridge migrate', 'migrate');
       try {
         const result = await migrate({ db: client, schema: config.schema, logger: log });
         log.info(

@@ -42,7 +42,7 @@ export function registerStart(program: Command): void {
       log.warn('no consumers to run (pass --consumers-dir or configure consumers): bridging only');
     }
     if (opts.migrate) {
-      const client = await connectPostgres(config.databaseUrl, 'pgq-bridge start');
+      const client = await connectPostgres(config.databaseUrl, 'pgq-bridge start', 'migrate');
       try {
         await migrate({ db: client, schema: config.schema, logger: log });
       } finally {

@@ -111,6 +111,7 @@ class ConsumerWorkers implements PgqWorker {
         application_name: 'pgq-bridge work',
       },
       this.log,
+      'worker',
     );
     this.redis = createRedis(options.settings, this.log, 'work');
     this.ledger = new LedgerWriter(this.store, this.pool, this.log);

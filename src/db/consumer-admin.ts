@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { quoteIdent } from '../identifiers.js';
+import { explainLockWait } from './locks.js';
 import type { Queryable } from './store.js';
 
 /** A consumer as `consumers list` reads it from Postgres. */
@@ -163,7 +164,7 @@ export class ConsumerAdmin {
       return gone;
     } catch (error) {
       await client.query('ROLLBACK').catch(() => undefined);
-      throw error;
+      throw await explainLockWait(client, error, 'the subscriptions lock', this.lockKey);
     }
   }
 

@@ -2,7 +2,13 @@ import pg from 'pg';
 import { quoteIdent } from '../identifiers.js';
 import { registerOne, type ConsumerRegistration, type RegistrationResult } from './registration.js';
 
+import { explainLockWait } from './locks.js';
+
 export type { ConsumerRegistration, RegistrationResult } from './registration.js';
+
+/** How log lines name the lock that orders registrations and bridge batches. */
+const SUBSCRIPTIONS_LOCK =
+  'the subscriptions lock (taken by bridge batches, registrations, consumers remove)';
 
 /** Anything that can run a query: a pg Pool, Client or PoolClient. */
 export type Queryable = pg.Pool | pg.Client | pg.PoolClient;
@@ -177,15 +183,22 @@ export class Store {
     }
     const channelList =
       channels === null ? 'NULL' : `ARRAY[${channels.map((c) => pg.escapeLiteral(c)).join(',')}]`;
-    const results = (await client.query(
-      [
-        'BEGIN',
-        'SET LOCAL synchronous_commit = off',
-        `SELECT pg_advisory_xact_lock_shared(hashtextextended(${pg.escapeLiteral(this.subscriptionsLockKey)}, 0))`,
-        this.subscriptionsSql(),
-        this.claimSql(String(limit), channelList, minIdExclusive ?? 'NULL'),
-      ].join(';\n'),
-    )) as unknown as pg.QueryResult[];
+    const results = (await client
+      .query(
+        [
+          'BEGIN',
+          'SET LOCAL synchronous_commit = off',
+          `SELECT pg_advisory_xact_lock_shared(hashtextextended(${pg.escapeLiteral(this.subscriptionsLockKey)}, 0))`,
+          this.subscriptionsSql(),
+          this.claimSql(String(limit), channelList, minIdExclusive ?? 'NULL'),
+        ].join(';\n'),
+      )
+      .catch(async (error: unknown) => {
+        // The session's lock_timeout (src/db/pool.ts) bounds the wait for the shared lock: say
+        // who holds it, so the retry's warning names the session that stops the bridge.
+        await client.query('ROLLBACK').catch(() => undefined);
+        throw await explainLockWait(client, error, SUBSCRIPTIONS_LOCK, this.subscriptionsLockKey);
+      })) as unknown as pg.QueryResult[];
     return {
       subscriptions: results[3].rows as SubscriptionRow[],
       rows: results[4].rows as NotificationRow[],
@@ -260,7 +273,7 @@ export class Store {
       return results;
     } catch (error) {
       await client.query('ROLLBACK').catch(() => undefined);
-      throw error;
+      throw await explainLockWait(client, error, SUBSCRIPTIONS_LOCK, this.subscriptionsLockKey);
     }
   }
 

@@ -108,6 +108,7 @@ export function createBoardRouter(options: BoardOptions): BoardRouter {
       application_name: 'pgq-bridge board',
     },
     log,
+    'operate',
   );
   const redis: RedisConnection = createRedis(settings, log, 'board');
   const queues = new Map<string, Queue>();

@@ -1,5 +1,6 @@
 import { Job, Queue } from 'bullmq';
 import pg from 'pg';
+import { sessionSettings } from '../db/pool.js';
 import type { Settings } from '../config.js';
 import { jobIdFor } from '../bridge/plan.js';
 import { ConsumerAdmin, type ConsumerRecord } from '../db/consumer-admin.js';
@@ -45,8 +46,7 @@ async function withConnections<T>(
     connectionString: settings.databaseUrl,
     connectionTimeoutMillis: 10_000,
     application_name: 'pgq-bridge consumers',
-    // An operator's command: it never holds anything for long, nor waits without end.
-    statement_timeout: 30_000,
+    ...sessionSettings('command'),
   });
   db.on('error', (error) => log.warn({ err: redactSecrets(error.message) }, 'Postgres failed'));
   const redis = createRedis(settings, log, 'consumers');

@@ -1,6 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { EventEmitter } from 'node:events';
 import pg from 'pg';
+import { sessionSettings } from '../db/pool.js';
 import {
   AggregatorRegistry,
   Counter,
@@ -255,6 +256,7 @@ export class Metrics {
       max: 1,
       connectionTimeoutMillis: 3000,
       application_name: 'pgq-bridge metrics',
+      ...sessionSettings('operate'),
     });
     pool.on('error', () => undefined);
     return pool;

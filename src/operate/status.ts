@@ -1,5 +1,6 @@
 import type { Job, JobType, Queue } from 'bullmq';
 import pg from 'pg';
+import { sessionSettings } from '../db/pool.js';
 import type { Settings } from '../config.js';
 import { OperationsQueries, type Backlog } from '../db/operations.js';
 import type { Queryable } from '../db/store.js';
@@ -114,6 +115,7 @@ export async function status(options: StatusOptions): Promise<StatusReport> {
       connectionString: settings.databaseUrl,
       connectionTimeoutMillis: 10_000,
       application_name: 'pgq-bridge status',
+      ...sessionSettings('operate'),
     });
   const ownRedis = options.redis === undefined;
   const redis = options.redis ?? createRedis(settings, log, 'status');

@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { sessionSettings } from '../db/pool.js';
 import type { Settings } from '../config.js';
 import { RecoveryStore } from '../db/recovery.js';
 import { Store } from '../db/store.js';
@@ -65,6 +66,7 @@ export async function cleanup(options: CleanupOptions): Promise<CleanupResult> {
     connectionString: options.settings.databaseUrl,
     connectionTimeoutMillis: 10_000,
     application_name: 'pgq-bridge cleanup',
+    ...sessionSettings('reconcile'),
   });
   client.on('error', (error) =>
     log.warn({ err: redactSecrets(error.message) }, 'Postgres connection failed'),

@@ -141,6 +141,7 @@ export async function reconcile(options: ReconcileOptions): Promise<ReconcileRes
       idle_in_transaction_session_timeout: 60_000,
     },
     log,
+    'reconcile',
   );
   const redis = createRedis(settings, log, 'reconcile');
   const queues = new QueueSet(redis, settings);
