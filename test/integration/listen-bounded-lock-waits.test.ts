@@ -148,7 +148,9 @@ export default defineConsumer({ id: 'x', channels: ['a'], async handle(n) { awai
         `pgq_bridge.subscriptions:${t.schema}`,
       ]);
       await new Promise((r) => setTimeout(r, 1000));
-      await expect(client.query('SELECT 1')).rejects.toThrow(/idle-in-transaction|terminat|connection error/i);
+      await expect(client.query('SELECT 1')).rejects.toThrow(
+        /idle-in-transaction|terminat|connection error/i,
+      );
       // The lock went with the session.
       const free = await t.pool.query<{ ok: boolean }>(
         `SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS ok`,
