@@ -33,7 +33,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type pg from 'pg';
 import { createListener, createWorker, migrate, type Listener } from 'pgq-bridge';
-import { ALTERNATIVE_SCHEMAS, alternativeEnqueueSql } from './alternatives.js';
+import { ALTERNATIVE_SCHEMAS, alternativeEnqueueSql, alternativeVersions } from './alternatives.js';
 import {
   DATABASE_URL,
   REDIS_URL,
@@ -117,6 +117,8 @@ export interface IngestResult {
   perCallUs: { 'notify-v1': number; notify: number };
   /** Idle listener: notify() committed → its job is in Redis. */
   wake: Latency;
+  /** Versions of the alternatives whose enqueue SQL ran, and the Node that generated it. */
+  alternatives: Record<string, string>;
 }
 
 const PER_CALL_N = 20_000;
@@ -254,7 +256,8 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
     });
     await worker.start();
     await worker.close();
-    const SCRIPTS = scripts(await alternativeEnqueueSql('orders', PAYLOAD));
+    const enqueue = await alternativeEnqueueSql('orders', PAYLOAD);
+    const SCRIPTS = scripts(enqueue);
     for (const variant of VARIANTS) await writeFile(join(dir, `${variant}.sql`), SCRIPTS[variant]);
 
     const unbridged = async (): Promise<number> =>
@@ -382,6 +385,7 @@ export async function benchIngest(flags: BenchFlags): Promise<IngestResult> {
       cases,
       perCallUs,
       wake: latencyOf(samples),
+      alternatives: { ...alternativeVersions(), 'SQL generated on Node': enqueue.node },
     };
   } finally {
     await listener?.stop();
@@ -407,6 +411,11 @@ const LABELS: Record<Variant, string> = {
 
 /** Prints the result of {@link benchIngest}. */
 export function printIngest(result: IngestResult): void {
+  console.log(
+    `\nIngest alternatives (their own SQL, run by pgbench): ${Object.entries(result.alternatives)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')}`,
+  );
   printTable(
     `Ingest: ${result.clients} connections, ${result.seconds} s per run, median of ${result.rounds} (tps; ratio to plain INSERT in the same condition)`,
     result.cases.map((c) => ({

@@ -13,7 +13,12 @@
 import { writeFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { benchDrain } from './drain.js';
-import { GRAPHILE_SETTINGS, drainGraphile, drainPgBoss } from './alternatives.js';
+import {
+  GRAPHILE_SETTINGS,
+  alternativeVersions,
+  drainGraphile,
+  drainPgBoss,
+} from './alternatives.js';
 import { benchFanout, drainBridge, printFanout } from './fanout.js';
 import { benchIngest, printIngest } from './ingest.js';
 import { benchStream, printStream } from './stream.js';
@@ -42,41 +47,59 @@ interface DrainRow {
   vsRaw: number;
   vsGraphile?: number;
   vsPgBoss?: number;
+  /** The Node version the system ran on. */
+  node: string;
 }
 
 async function benchDrains(flags: BenchFlags): Promise<{ count: number; rows: DrainRow[] }> {
   const count = flags.quick ? 20_000 : 50_000;
   const per = new Map<string, number[]>();
+  const nodes = new Map<string, string>();
   const add = (key: string, value: number): void => {
     per.set(key, [...(per.get(key) ?? []), value]);
   };
+  // Each round runs every system once; the order rotates from round to round, so a previous
+  // run's checkpoint or autovacuum does not always land in the same system's figures.
+  const steps: (() => Promise<void>)[] = [
+    async () => {
+      const pair = await benchDrain({
+        count,
+        concurrency: 50,
+        batchSize: 500,
+        runs: 1,
+        databaseUrl: DATABASE_URL,
+        redisUrl: REDIS_URL,
+      });
+      add('raw', pair.runs[0].raw.perSecond);
+      add('bridge', pair.runs[0].bridge.perSecond);
+    },
+    async () => {
+      const graphile = await drainGraphile(count);
+      add('graphile', graphile.perSecond);
+      nodes.set('graphile', graphile.node);
+    },
+    async () => {
+      const pgboss = await drainPgBoss(count, { batchSize: BATCH, workers: BATCH_HANDLERS });
+      add('pgboss', pgboss.perSecond);
+      nodes.set('pgboss', pgboss.node);
+    },
+    async () => {
+      try {
+        const batch = await drainBridge(count, [
+          { id: 'bench', concurrency: BATCH_HANDLERS, batch: { size: BATCH, maxWaitMs: 0 } },
+        ]);
+        add('bridge-batch', batch.perSecond);
+      } catch (error) {
+        console.error(`pgq-bridge batch drain failed: ${(error as Error).message}`);
+      }
+    },
+  ];
   for (let r = 0; r < flags.rounds; r++) {
-    const pair = await benchDrain({
-      count,
-      concurrency: 50,
-      batchSize: 500,
-      runs: 1,
-      databaseUrl: DATABASE_URL,
-      redisUrl: REDIS_URL,
-    });
-    add('raw', pair.runs[0].raw.perSecond);
-    add('bridge', pair.runs[0].bridge.perSecond);
-    add('graphile', (await drainGraphile(count)).perSecond);
-    add(
-      'pgboss',
-      (await drainPgBoss(count, { batchSize: BATCH, workers: BATCH_HANDLERS })).perSecond,
-    );
-    try {
-      const batch = await drainBridge(count, [
-        { id: 'bench', concurrency: BATCH_HANDLERS, batch: { size: BATCH, maxWaitMs: 0 } },
-      ]);
-      add('bridge-batch', batch.perSecond);
-    } catch (error) {
-      console.error(`pgq-bridge batch drain failed: ${(error as Error).message}`);
-    }
+    for (let i = 0; i < steps.length; i++) await steps[(r + i) % steps.length]();
   }
   const m = (key: string): number => (per.has(key) ? median(per.get(key)!) : NaN);
   const raw = m('raw');
+  const versions = alternativeVersions();
   const graphile = m('graphile');
   const pgboss = m('pgboss');
   const row = (system: string, mode: string, key: string, vsAlternatives = false): DrainRow => ({
@@ -84,6 +107,7 @@ async function benchDrains(flags: BenchFlags): Promise<{ count: number; rows: Dr
     mode,
     perSecond: m(key),
     vsRaw: round(m(key) / raw, 2),
+    node: nodes.get(key) ?? process.version,
     ...(vsAlternatives
       ? { vsGraphile: round(m(key) / graphile, 2), vsPgBoss: round(m(key) / pgboss, 2) }
       : {}),
@@ -94,11 +118,15 @@ async function benchDrains(flags: BenchFlags): Promise<{ count: number; rows: Dr
       row('raw BullMQ', 'addBulk 500 + Worker, concurrency 50 (reference)', 'raw'),
       row('pgq-bridge', 'one job per notification, concurrency 50', 'bridge'),
       row(
-        'graphile-worker',
+        `graphile-worker ${versions['graphile-worker']}`,
         `localQueue ${GRAPHILE_SETTINGS.localQueue.size}, ${GRAPHILE_SETTINGS.concurrentJobs} concurrent jobs`,
         'graphile',
       ),
-      row('pg-boss', `batchSize ${BATCH}, ${BATCH_HANDLERS} workers`, 'pgboss'),
+      row(
+        `pg-boss ${versions['pg-boss']}`,
+        `batchSize ${BATCH}, localConcurrency ${BATCH_HANDLERS}`,
+        'pgboss',
+      ),
       row(
         'pgq-bridge',
         `batch consumer, size ${BATCH}, concurrency ${BATCH_HANDLERS}`,
@@ -158,6 +186,7 @@ if (want('drain')) {
       'vs raw BullMQ': r.vsRaw,
       'vs graphile-worker': r.vsGraphile ?? null,
       'vs pg-boss': r.vsPgBoss ?? null,
+      node: r.node,
     })),
   );
   result.drain = drain;

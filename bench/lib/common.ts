@@ -127,7 +127,14 @@ export class Child {
       this.stderr = (this.stderr + chunk.toString()).slice(-4000);
       if (globalThis.process.env.BENCH_DEBUG) globalThis.process.stderr.write(chunk);
     });
-    this.exited = new Promise((resolve) => process.on('exit', (code) => resolve(code)));
+    this.exited = new Promise((resolve) => {
+      process.on('exit', (code) => resolve(code));
+      // A child that could not be spawned at all (no such binary) never exits.
+      process.on('error', (error) => {
+        this.stderr += `\n${error.message}`;
+        resolve(null);
+      });
+    });
   }
 
   /** Waits for the next message of this type (or a buffered one). */
