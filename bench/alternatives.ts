@@ -18,9 +18,9 @@
  * and raw BullMQ sides of bench/drain.ts run in one process each.
  */
 import { fork } from 'node:child_process';
-import { createRequire } from 'node:module';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { BENCH_DIR, Child, type ChildMessage } from './lib/common.js';
+import { BENCH_DIR, Child, ROOT_DIR, type ChildMessage } from './lib/common.js';
 import { alternativesNode } from './lib/node24.js';
 
 export { GRAPHILE_SETTINGS } from './lib/alternative-settings.js';
@@ -39,9 +39,13 @@ export interface DrainFigure {
 
 /** The installed versions of the alternatives (read from their package.json, not loaded). */
 export function alternativeVersions(): Record<AlternativeSystem, string> {
-  const require = createRequire(import.meta.url);
+  // Not through require: graphile-worker's `exports` do not list its package.json.
   const version = (name: string): string =>
-    (require(`${name}/package.json`) as { version: string }).version;
+    (
+      JSON.parse(readFileSync(join(ROOT_DIR, 'node_modules', name, 'package.json'), 'utf8')) as {
+        version: string;
+      }
+    ).version;
   return { 'graphile-worker': version('graphile-worker'), 'pg-boss': version('pg-boss') };
 }
 

@@ -4,7 +4,9 @@
  *
  * Parent → child: `{ type: 'start', mode, schema, prefix, rate, seconds, clients }`
  *   mode 'pgq': `SELECT <schema>.notify('stream', ...)` in autocommit (one transaction each);
- *   mode 'raw': BullMQ `Queue.add` on the 'raw' queue (the reference: no Postgres at all).
+ *   mode 'raw': BullMQ `Queue.add` on the 'raw' queue (the reference: no Postgres at all);
+ *   mode 'sql': another system's enqueue statement (`sql`, e.g. graphile-worker's add_job()), one
+ *   transaction each, like pgq's.
  *   rate 0 means closed loop: every connection sends its next write as soon as one returns.
  * Child → parent: `{ type: 'done', ids, times, elapsedMs, behindMs }` — ids in write order, the
  *   wall time (ms) each write returned, and how far the open-loop schedule fell behind at worst.
@@ -16,7 +18,11 @@ import { DATABASE_URL, REDIS_URL, sleep, wallMs } from '../lib/common.js';
 
 interface Start {
   type: 'start';
-  mode: 'pgq' | 'raw';
+  mode: 'pgq' | 'raw' | 'sql';
+  /** Mode 'sql': the statement that enqueues one job, `$1` its parameter; returns `id`. */
+  sql?: string;
+  /** Mode 'sql': `$1` is the job's data (`object`) or a one-element array `[{"data": ...}]`. */
+  param?: 'object' | 'array';
   schema: string;
   prefix: string;
   rate: number;
@@ -34,6 +40,19 @@ async function pgqWriter(schema: string): Promise<Writer> {
   const sql = `SELECT "${schema}".notify('stream', $1::jsonb) AS id`;
   return {
     write: async (k) => (await client.query<{ id: string }>(sql, [`{"k": ${k}}`])).rows[0].id,
+    close: () => client.end(),
+  };
+}
+
+async function sqlWriter(sql: string, param: 'object' | 'array'): Promise<Writer> {
+  const client = new pg.Client({ connectionString: DATABASE_URL, application_name: 'pgq-bench' });
+  await client.connect();
+  return {
+    write: async (k) => {
+      const data = `{"k": ${k}}`;
+      const value = param === 'array' ? `[{"data": ${data}}]` : data;
+      return (await client.query<{ id: string }>(sql, [value])).rows[0].id;
+    },
     close: () => client.end(),
   };
 }
@@ -70,7 +89,11 @@ async function rawWriter(prefix: string, base: number): Promise<Writer> {
 async function main(start: Start): Promise<void> {
   const writers = await Promise.all(
     Array.from({ length: start.clients }, () =>
-      start.mode === 'pgq' ? pgqWriter(start.schema) : rawWriter(start.prefix, start.base),
+      start.mode === 'pgq'
+        ? pgqWriter(start.schema)
+        : start.mode === 'sql'
+          ? sqlWriter(start.sql!, start.param ?? 'object')
+          : rawWriter(start.prefix, start.base),
     ),
   );
   const ids: string[] = [];
