@@ -42,6 +42,13 @@ export interface ConsumerOptions {
   lockDuration?: number;
   /** BullMQ `stalledInterval` (ms, default 30,000): how often workers look for stalled jobs. */
   stalledInterval?: number;
+  /**
+   * Ordered delivery (docs/ordering.md): notifications that share a key are handled one at a
+   * time, in commit order; different keys run in parallel. `onDeadLetter` says what a
+   * notification that failed for good does to the later ones of its key: `'block'` (default)
+   * holds them until it is replayed or skipped, `'skip'` lets them go on. Not with `batch`.
+   */
+  ordered?: boolean | { onDeadLetter?: 'block' | 'skip' };
 }
 
 /** The BullMQ Worker options a consumer definition sets beyond concurrency. */
@@ -225,7 +232,25 @@ export function validateConsumer(value: unknown, where: string): ConsumerDefinit
   if (def.startFrom !== undefined && def.startFrom !== 'beginning' && def.startFrom !== 'now') {
     fail(`startFrom must be 'beginning' or 'now'`);
   }
+  validateOrdered(def.ordered, def.batch !== undefined, fail);
   return def as unknown as ConsumerDefinition;
+}
+
+/** Checks `ordered` (see {@link ConsumerOptions.ordered}). */
+function validateOrdered(ordered: unknown, isBatch: boolean, fail: (m: string) => never): void {
+  if (ordered === undefined || ordered === false) return;
+  if (ordered !== true) {
+    const mode =
+      typeof ordered === 'object' && ordered !== null
+        ? (ordered as { onDeadLetter?: unknown }).onDeadLetter
+        : null;
+    if (mode !== undefined && mode !== 'block' && mode !== 'skip') {
+      fail(`ordered must be true, false or { onDeadLetter: 'block' | 'skip' }`);
+    }
+  }
+  // Ordered batches would need a key's notifications split across batch jobs in order and no
+  // two batches of one key at once; not built yet, so refused rather than silently unordered.
+  if (isBatch) fail('ordered is not supported with batch (use a one-notification consumer)');
 }
 
 /** Checks a list of definitions, refusing duplicate ids. */

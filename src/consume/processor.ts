@@ -7,6 +7,7 @@ import type { Metrics } from '../operate/metrics.js';
 import type { Attempts } from './attempt.js';
 import type { CompletedLookup } from './ledger-lookup.js';
 import type { TransactionRunner } from './transaction.js';
+import type { KeyGate } from './ordering.js';
 import { attemptOf, isPermanent, singleEntryOf } from './job-data.js';
 import { toNotification, type Notification, type NotificationJobData } from './notification.js';
 import { errorMessage } from '../util.js';
@@ -27,6 +28,8 @@ export interface ProcessorDeps {
   leaveForeign?: (job: Job, channels: readonly string[]) => Promise<unknown>;
   /** Runs the attempts of transactional consumers (set when this process has any). */
   transactions: TransactionRunner | undefined;
+  /** The ordering gate of an ordered consumer (docs/ordering.md); undefined otherwise. */
+  gate?: KeyGate;
 }
 
 /** What the processor returns for a job the ledger already records as completed. */
@@ -41,6 +44,9 @@ const SKIPPED = { skipped: 'already completed per the ledger' } as const;
  *    (`leaveForeign`, src/consume/foreign-channel.ts).
  * 2. {@link alreadyCompleted}: the ledger decides whether the delivery already ran (every
  *    attempt, in one batched query with the other jobs starting meanwhile).
+ * 2b. Ordered consumers: `gate.admit` lets the job run only when the notification before it with
+ *    the same key is finished (else it waits in BullMQ's delayed set); `gate.release` promotes
+ *    the next one of the key once this one's outcome is in Postgres.
  * 3. {@link notificationOf}: job data → the handler's `Notification`.
  * 4. {@link runHandler}: the handler with its `ctx` (signal, timeout), holding the slot until
  *    the handler settles; for a transactional consumer inside its transaction, which claims the
@@ -50,25 +56,28 @@ const SKIPPED = { skipped: 'already completed per the ledger' } as const;
 export function createJobProcessor(
   def: SingleConsumerDefinition,
   deps: ProcessorDeps,
-): (job: Job) => Promise<unknown> {
-  return async (job: Job) => {
+): (job: Job, token?: string) => Promise<unknown> {
+  return async (job: Job, token?: string) => {
     const data = singleEntryOf(job);
     const unsubscribed = await deps.leaveForeign?.(job, [data.channel]);
     if (unsubscribed) return unsubscribed;
     const attempt = attemptOf(job);
     const isReplay = data.replay === true;
     if (await alreadyCompleted(def, deps, data)) return skipped(def, deps, data, attempt);
+    await deps.gate?.admit(job, token, data);
     const notification = notificationOf(data, attempt, isReplay);
     const started = performance.now();
     let ran: Ran;
     try {
       ran = await runHandler(def, deps, notification, job);
     } catch (error) {
-      await failed(def, deps, job, data, attempt, started, error);
+      const final = await failed(def, deps, job, data, attempt, started, error);
+      if (final && deps.gate?.mode === 'skip') await deps.gate.release(data);
       throw error;
     }
     if (!ran.ran) return skipped(def, deps, data, attempt);
     await completed(def, deps, job, data, attempt, started);
+    await deps.gate?.release(data);
     return ran.result ?? null;
   };
 }
@@ -76,16 +85,18 @@ export function createJobProcessor(
 /** Whether the handler ran (a transactional attempt finds a completed delivery in its lock). */
 type Ran = { ran: true; result: unknown } | { ran: false };
 
-function skipped(
+async function skipped(
   def: SingleConsumerDefinition,
   deps: ProcessorDeps,
   data: NotificationJobData,
   attempt: number,
-): typeof SKIPPED {
+): Promise<typeof SKIPPED> {
   deps.log.debug(
     { notificationId: data.id, channel: data.channel, consumer: def.id, attempt },
     'skipped: already completed per the ledger',
   );
+  // The run that completed it may have died before promoting the next one of its key.
+  await deps.gate?.release(data);
   return SKIPPED;
 }
 
@@ -169,7 +180,9 @@ async function completed(
         attempts: attempt,
         lastError: null,
       },
-      job.opts.removeOnComplete,
+      // Ordered: the next notification of the key may start once this is in Postgres, so it is
+      // written now (as for a job removed at once), not with the next group flush.
+      deps.gate ? true : job.opts.removeOnComplete,
     );
   }
   const seconds = (performance.now() - started) / 1000;
@@ -197,7 +210,7 @@ async function failed(
   attempt: number,
   started: number,
   error: unknown,
-): Promise<void> {
+): Promise<boolean> {
   const final = isPermanent(error) || attempt >= (job.opts.attempts ?? 1);
   deps.metrics?.observeJob(
     def.id,
@@ -213,7 +226,7 @@ async function failed(
   };
   if (final) deps.log.error(fields, 'handler failed for good (job kept as failed)');
   else deps.log.warn(fields, 'handler failed; will retry');
-  if (!final) return;
+  if (!final) return false;
   await deps.ledger?.write(
     {
       consumerId: def.id,
@@ -222,6 +235,9 @@ async function failed(
       attempts: attempt,
       lastError: errorMessage(error).slice(0, 2000),
     },
-    job.opts.removeOnFail,
+    // Ordered: a dead letter blocks (or, in 'skip' mode, releases) its key from the moment it
+    // is in Postgres; status shows it at once.
+    deps.gate ? true : job.opts.removeOnFail,
   );
+  return true;
 }

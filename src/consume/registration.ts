@@ -8,6 +8,8 @@ import type { ConsumerRegistration, RegistrationResult, Store } from '../db/stor
 import { fingerprintOf, logRegistrations, settingsOf } from './lifecycle.js';
 import { redactSecrets, type Logger } from '../log.js';
 import { errorMessage } from '../util.js';
+import { OrderingSql } from '../db/ordering.js';
+import { deadLetterModeOf } from './ordering.js';
 
 /** What {@link registerConsumers} needs. */
 export interface RegistrationDeps {
@@ -58,7 +60,13 @@ export async function registerConsumers(
       };
       client.on('error', onError);
       try {
-        return await deps.store.registerConsumers(client, registrations);
+        const created = await deps.store.registerConsumers(client, registrations);
+        // Status and the board read which consumers are ordered (and how) from Postgres.
+        await new OrderingSql(deps.store.schema).setOrdering(
+          client,
+          defs.map((def) => ({ id: def.id, ordered: deadLetterModeOf(def) })),
+        );
+        return created;
       } finally {
         client.removeListener('error', onError);
         client.release(broken);

@@ -23,6 +23,8 @@ import { redactSecrets, silentLogger, type Logger } from '../log.js';
 import { Attempts } from './attempt.js';
 import { createJobProcessor } from './processor.js';
 import { traceJobs } from './tracing.js';
+import { createKeyGate, lazyQueue } from './ordering.js';
+import { OrderingSql } from '../db/ordering.js';
 import { startFetcher, startFetchers, type FetcherConnection } from './fetchers.js';
 import { registerConsumers, touchDefinitions } from './registration.js';
 import { foreignChannelGuard } from './foreign-channel.js';
@@ -89,7 +91,7 @@ class ConsumerWorkers implements PgqWorker {
   private heartbeat: NodeJS.Timeout | undefined;
   private closing: Promise<void> | undefined;
   private playingBack: Promise<void> | undefined;
-  /** Queues batch consumers opened to add the jobs of split batches. */
+  /** Queues opened by batch consumers (split batches) and ordered ones (promotions). */
   private readonly batchQueues: Queue[] = [];
 
   constructor(private readonly options: WorkerOptions) {
@@ -265,6 +267,13 @@ class ConsumerWorkers implements PgqWorker {
       attempts: this.attempts,
       leaveForeign: this.foreignGuard(def),
       transactions: this.transactions,
+      gate: createKeyGate(def, {
+        sql: new OrderingSql(this.options.settings.schema),
+        db: this.pool,
+        log: this.log,
+        ledger: this.recordOutcomes,
+        queue: lazyQueue(def.id, this.where(def.id), this.batchQueues),
+      }),
     });
     // Each attempt in a CONSUMER span when @opentelemetry/api is installed (consume/tracing.ts).
     const traced = traceJobs(def.id, processor);

@@ -15,6 +15,8 @@ import {
 } from '../redis.js';
 import { withTimeout } from '../util.js';
 import { openConsumerQueue } from '../queue-layout.js';
+import { OrderingSql, type DeadLetterMode } from '../db/ordering.js';
+import { blockedKeysStatus, formatBlockedKeys, type BlockedKeysStatus } from './blocked-keys.js';
 
 /** Job counts of one consumer queue, by BullMQ state. */
 export interface JobCounts {
@@ -45,6 +47,10 @@ export interface ConsumerStatus {
   lastSeenWorker: string | null;
   /** ISO time of that. */
   lastSeenAt: string | null;
+  /** How the consumer orders its deliveries (its `ordered` option), null when it does not. */
+  ordered?: DeadLetterMode | null;
+  /** For `onDeadLetter: 'block'` consumers: the keys their dead letters block; else null. */
+  blockedKeys?: BlockedKeysStatus | null;
 }
 
 /** The result of {@link status}. */
@@ -127,6 +133,7 @@ export async function status(options: StatusOptions): Promise<StatusReport> {
       queries.backlog(db),
       queries.listConsumers(db),
     ]);
+    const ordering = await new OrderingSql(settings.schema).orderingOfConsumers(db);
     const now = Date.now();
     const figures = await withTimeout(
       Promise.all(
@@ -162,6 +169,11 @@ export async function status(options: StatusOptions): Promise<StatusReport> {
         oldestUnfinishedAgeSeconds: figures[i].oldestUnfinishedAgeSeconds,
         lastSeenWorker: c.lastSeenWorker,
         lastSeenAt: c.lastSeenAt ? c.lastSeenAt.toISOString() : null,
+        ordered: ordering.get(c.id)?.mode ?? null,
+        blockedKeys:
+          ordering.get(c.id)?.mode === 'block'
+            ? blockedKeysStatus(ordering.get(c.id)?.blocked)
+            : null,
       })),
       maxLagSeconds: maxLag,
       healthy: problems.length === 0,
@@ -221,6 +233,7 @@ export function formatStatus(report: StatusReport): string {
       );
     }
   }
+  lines.push(...formatBlockedKeys(report.consumers));
   lines.push(report.healthy ? 'healthy' : `UNHEALTHY: ${report.problems.join('; ')}`);
   return lines.join('\n') + '\n';
 }
