@@ -5,8 +5,8 @@ import { jobIdFor } from '../bridge/plan.js';
 import {
   finishedStatuses,
   type DeadLetterMode,
+  OrderingSql,
   type KeyedDelivery,
-  type OrderingSql,
   type Predecessor,
 } from '../db/ordering.js';
 import type { Queryable } from '../db/store.js';
@@ -239,4 +239,22 @@ export function lazyQueue(
     }
     return queue;
   };
+}
+
+/**
+ * After `consumers skip` gave up a delivery: promotes the job of the next notification of its
+ * key (ordered consumers only), so the released key moves on at once. Best effort: the next one
+ * also finds its way when its wait ends.
+ */
+export async function promoteSuccessor(
+  db: Queryable,
+  queue: Queue,
+  schema: string,
+  consumerId: string,
+  notificationId: string,
+): Promise<void> {
+  const next = await new OrderingSql(schema)
+    .successorOfId(db, consumerId, notificationId)
+    .catch(() => null);
+  if (next !== null) await promoteJob(queue, jobIdFor(next)).catch(() => false);
 }

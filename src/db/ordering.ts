@@ -105,6 +105,30 @@ export class OrderingSql {
     return result;
   }
 
+  /**
+   * The notification owed right after `notificationId` with the same key, for an ordered
+   * consumer; null when there is none, the notification has no key or the consumer is not
+   * ordered. For `consumers skip`, which knows only the id.
+   */
+  async successorOfId(
+    db: Queryable,
+    consumerId: string,
+    notificationId: string,
+  ): Promise<string | null> {
+    const res = await db.query<{ next_id: string }>(
+      `SELECT x.id::text AS next_id
+         FROM ${this.s}.notifications q
+         JOIN ${this.s}.consumers c ON c.id = $1 AND c.ordered IS NOT NULL
+         CROSS JOIN LATERAL (
+           SELECT n.id FROM ${this.owed()}
+            WHERE n.key = q.key AND n.id > q.id
+            ORDER BY n.id LIMIT 1) x
+        WHERE q.id = $2 AND q.key IS NOT NULL`,
+      [consumerId, notificationId],
+    );
+    return res.rows[0]?.next_id ?? null;
+  }
+
   /** Records how each consumer orders its deliveries (NULL: not ordered). */
   async setOrdering(
     db: Queryable,

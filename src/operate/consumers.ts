@@ -17,6 +17,7 @@ import {
 import { errorMessage, withTimeout } from '../util.js';
 import { assertSchemaCurrent } from './checks.js';
 import { queueFigures, type JobCounts } from './status.js';
+import { promoteSuccessor } from '../consume/ordering.js';
 
 /** Settings the consumer commands need. */
 export type ConsumerAdminSettings = Pick<Settings, 'databaseUrl' | 'schema' | 'prefix'> &
@@ -270,6 +271,8 @@ export async function skipDelivery(options: SkipDeliveryOptions): Promise<SkipDe
       }
       // After the ledger: a job that outlived a failed removal is skipped by the ledger check.
       if (job) await withTimeout(job.remove(), timeoutMs, 'Redis did not remove the job');
+      // An ordered consumer's key moves on now rather than when its next one's wait ends.
+      await promoteSuccessor(db, queue, options.settings.schema, consumer, notificationId);
       return result(state, true);
     } finally {
       await queue.close().catch(() => undefined);

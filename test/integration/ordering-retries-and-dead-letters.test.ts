@@ -12,6 +12,7 @@ import {
   notify,
   PermanentError,
   reconcile,
+  skipDelivery,
   status,
   type Listener,
   type Notification,
@@ -190,6 +191,50 @@ describe('an ordered consumer', () => {
       count: 0,
       oldest: null,
     });
+  });
+
+  it('consumers skip gives up the head of a blocked key and the key moves on at once', async () => {
+    const done: string[] = [];
+    await startWorker({
+      id: 'released',
+      channels: ['o4'],
+      ordered: true,
+      attempts: 1,
+      handle(n: Notification) {
+        if ((n.payload as { poison?: boolean }).poison) throw new PermanentError('poison');
+        done.push(n.id);
+      },
+    });
+    const opts = { schema: t.schema, key: 'R' };
+    const r1 = await notify(t.pool, 'o4', {}, opts);
+    const r2 = await notify(t.pool, 'o4', { poison: true }, opts);
+    const r3 = await notify(t.pool, 'o4', {}, opts);
+    const r4 = await notify(t.pool, 'o4', {}, opts);
+    await waitFor(
+      async () =>
+        (await status({ settings: apiSettings(t) })).consumers.find((c) => c.id === 'released')
+          ?.blockedKeys?.count === 1,
+      { timeoutMs: 20_000, message: 'R blocked' },
+    );
+    // Let R3 and R4 back off a few times, so that only the promotion can start them quickly.
+    await sleep(2500);
+    expect(done).toEqual([r1]);
+    const skipped = await skipDelivery({
+      settings: apiSettings(t),
+      consumer: 'released',
+      notificationId: r2,
+    });
+    expect(skipped.changed).toBe(true);
+    const releasedAt = performance.now();
+    await waitFor(() => done.length >= 3, { timeoutMs: 20_000, message: 'R3 and R4 handled' });
+    expect(done).toEqual([r1, r3, r4]);
+    // Promoted, not waiting out R3's delay (by then 2 s or more).
+    expect(performance.now() - releasedAt).toBeLessThan(1500);
+    const { rows } = await t.pool.query<{ status: string }>(
+      `SELECT status FROM "${t.schema}".deliveries WHERE consumer_id = 'released' AND notification_id = $1`,
+      [r2],
+    );
+    expect(rows[0].status).toBe('skipped');
   });
 
   it("with onDeadLetter 'skip' lets the key go on after a dead letter", async () => {
