@@ -24,6 +24,12 @@ export interface Settings {
   schema: string;
   /** BullMQ key prefix. */
   prefix: string;
+  /**
+   * Payloads larger than this many bytes (JSON text) are not copied into every consumer's job:
+   * the job carries the notification id and the worker reads the payload from the row. Default
+   * {@link DEFAULT_INLINE_PAYLOAD_LIMIT} (64 KiB); used by `listen`, `reconcile` and `start`.
+   */
+  inlinePayloadLimit?: number;
   logLevel: LogLevel;
   logFormat: LogFormat;
 }
@@ -64,6 +70,44 @@ export const DEFAULTS = {
   logLevel: 'info',
 } as const;
 
+/** Default of `--inline-payload-limit`: 64 KiB. */
+export const DEFAULT_INLINE_PAYLOAD_LIMIT = 64 * 1024;
+
+const BYTE_UNITS: Record<string, number> = {
+  '': 1,
+  b: 1,
+  k: 1024,
+  kb: 1024,
+  kib: 1024,
+  m: 1024 ** 2,
+  mb: 1024 ** 2,
+  mib: 1024 ** 2,
+  g: 1024 ** 3,
+  gb: 1024 ** 3,
+  gib: 1024 ** 3,
+};
+
+/**
+ * Parses a byte size: a whole number of bytes, or one with a binary unit (`64KiB`, `64k`,
+ * `1MB` = 1 MiB: sizes of payloads are thought of in powers of two). Throws {@link ConfigError}.
+ */
+export function parseByteSize(setting: string, value: number | string): number {
+  const match = typeof value === 'number' ? null : /^\s*(\d+)\s*([a-z]*)\s*$/i.exec(value);
+  const unit = match ? BYTE_UNITS[match[2].toLowerCase()] : undefined;
+  const bytes = typeof value === 'number' ? value : match && unit ? Number(match[1]) * unit : NaN;
+  if (!Number.isSafeInteger(bytes) || bytes < 0) {
+    throw new ConfigError(
+      `${setting}: expected a size in bytes (e.g. 65536, 64KiB, 1MiB), got ${JSON.stringify(value)}`,
+    );
+  }
+  return bytes;
+}
+
+/** The inline payload limit of these settings (the default when unset). */
+export function inlinePayloadLimitOf(settings: Pick<Settings, 'inlinePayloadLimit'>): number {
+  return settings.inlinePayloadLimit ?? DEFAULT_INLINE_PAYLOAD_LIMIT;
+}
+
 const CONFIG_FILE_NAMES = [
   'pgq-bridge.config.ts',
   'pgq-bridge.config.mts',
@@ -80,6 +124,8 @@ export interface SettingFlags {
   redisCluster?: boolean | string;
   schema?: string;
   prefix?: string;
+  /** `--inline-payload-limit` / env PGQ_INLINE_PAYLOAD_LIMIT: bytes, or with a unit (`64KiB`). */
+  inlinePayloadLimit?: string | number;
   config?: string;
   logLevel?: string;
   logFormat?: string;
@@ -102,6 +148,7 @@ const ENV_NAMES: Record<string, keyof SettingFlags> = {
   REDIS_CLUSTER: 'redisCluster',
   PGQ_SCHEMA: 'schema',
   PGQ_PREFIX: 'prefix',
+  PGQ_INLINE_PAYLOAD_LIMIT: 'inlinePayloadLimit',
   PGQ_CONFIG: 'config',
   LOG_LEVEL: 'logLevel',
   LOG_FORMAT: 'logFormat',
@@ -223,6 +270,7 @@ export async function resolveConfig(options: ResolveOptions = {}): Promise<Resol
     redisCluster: config.redisCluster,
     schema: config.schema,
     prefix: config.prefix,
+    inlinePayloadLimit: config.inlinePayloadLimit,
     logLevel: config.logLevel,
     logFormat: config.logFormat,
   });
@@ -241,6 +289,10 @@ export async function resolveConfig(options: ResolveOptions = {}): Promise<Resol
     config.consumersDir && file ? resolve(file, '..', config.consumersDir) : config.consumersDir;
   const cluster = parseBoolean('redis-cluster (REDIS_CLUSTER)', merged.redisCluster);
   if (cluster) settings.redisCluster = true;
+  settings.inlinePayloadLimit =
+    merged.inlinePayloadLimit === undefined
+      ? DEFAULT_INLINE_PAYLOAD_LIMIT
+      : parseByteSize('inline-payload-limit (PGQ_INLINE_PAYLOAD_LIMIT)', merged.inlinePayloadLimit);
   return {
     ...settings,
     ...(config.consumers ? { consumers: config.consumers } : {}),

@@ -3,7 +3,7 @@ import pg from 'pg';
 import pRetry from 'p-retry';
 import { createPool } from '../db/pool.js';
 import { Store } from '../db/store.js';
-import type { Settings } from '../config.js';
+import { inlinePayloadLimitOf, type Settings } from '../config.js';
 import { WakeupListener } from './wakeups.js';
 import { WakeupLease } from './lease.js';
 import { redactSecrets, silentLogger, type Logger } from '../log.js';
@@ -20,7 +20,10 @@ import { assertChannel } from '../identifiers.js';
 
 /** Options of {@link createListener}. */
 export interface ListenerOptions {
-  settings: Pick<Settings, 'databaseUrl' | 'listenDatabaseUrl' | 'redisUrl' | 'schema' | 'prefix'> &
+  settings: Pick<
+    Settings,
+    'databaseUrl' | 'listenDatabaseUrl' | 'redisUrl' | 'schema' | 'prefix' | 'inlinePayloadLimit'
+  > &
     RedisSettings;
   /** Bridge only these channels (default: all). */
   channels?: string[];
@@ -333,7 +336,10 @@ class BridgeListener extends EventEmitter implements Listener {
       if (rows.length > 0) {
         const started = Date.now();
         // Batch consumers get jobs of up to batch.size notifications (src/bridge/pack.ts).
-        const plan = packBatches(planJobs(rows, subscriptions), subscriptions);
+        const plan = packBatches(
+          planJobs(rows, subscriptions, false, inlinePayloadLimitOf(this.options.settings)),
+          subscriptions,
+        );
         // In a span linked to the rows' writers when tracing is on (bridge/tracing.ts).
         const jobs = await traceBridgeBatch(rows, async () => {
           const added = await withTimeout(

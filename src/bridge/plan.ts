@@ -8,15 +8,31 @@ export function jobIdFor(notificationId: string): string {
   return `n${notificationId}`;
 }
 
-/** Turns one row into the job data every consumer's queue receives. */
-export function jobDataFor(row: NotificationRow, replay = false): NotificationJobData {
+/** Whether a JSON text is larger than `limit` bytes (UTF-8), measuring only when in doubt. */
+function overLimit(json: string, limit: number): boolean {
+  if (json.length > limit) return true;
+  // A UTF-16 unit is at most 3 bytes of UTF-8: below a third of the limit, no need to count.
+  return json.length * 3 > limit && Buffer.byteLength(json, 'utf8') > limit;
+}
+
+/**
+ * Turns one row into the job data every consumer's queue receives. A payload over
+ * `inlinePayloadLimit` bytes stays in the row (`payloadRef`): it would otherwise be copied into
+ * the job of every subscribed consumer; the worker reads it back by id (consume/payload-refs.ts).
+ */
+export function jobDataFor(
+  row: NotificationRow,
+  replay = false,
+  inlinePayloadLimit = Infinity,
+): NotificationJobData {
   const data: NotificationJobData = {
     id: row.id,
     channel: row.channel,
-    payload: row.payload,
     context: row.context,
     createdAt: row.created_at.toISOString(),
   };
+  if (overLimit(row.payload, inlinePayloadLimit)) data.payloadRef = true;
+  else data.payload = row.payload;
   // Only keyed rows carry the field: unkeyed jobs stay as small as before.
   if (row.key != null) data.key = row.key;
   // Likewise the writer's trace context (src/consume/tracing.ts continues its trace).
@@ -38,6 +54,7 @@ export function planJobs(
   rows: NotificationRow[],
   subscriptions: SubscriptionRow[],
   replay = false,
+  inlinePayloadLimit = Infinity,
 ): Map<string, PlannedJob[]> {
   const byChannel = new Map<string, SubscriptionRow[]>();
   for (const sub of subscriptions) {
@@ -49,7 +66,7 @@ export function planJobs(
   for (const row of rows) {
     const subs = byChannel.get(row.channel);
     if (!subs) continue;
-    const data = jobDataFor(row, replay);
+    const data = jobDataFor(row, replay, inlinePayloadLimit);
     const id = BigInt(row.id);
     for (const sub of subs) {
       // A subscription is owed rows after its after_id: a 'now' consumer does not get the

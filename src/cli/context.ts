@@ -24,6 +24,7 @@ export async function commandContext(command: Command): Promise<CommandContext> 
       redisCluster: opts.redisCluster,
       schema: opts.schema,
       prefix: opts.prefix,
+      inlinePayloadLimit: opts.inlinePayloadLimit,
       config: opts.config,
       logLevel: opts.logLevel,
       logFormat: opts.logFormat,

@@ -29,6 +29,10 @@ export function buildProgram(): Command {
     .option('--redis-cluster', 'connect to a Redis Cluster through --redis-url (env REDIS_CLUSTER)')
     .option('--schema <name>', 'schema of pgq-bridge tables (env PGQ_SCHEMA)')
     .option('--prefix <prefix>', 'BullMQ key prefix (env PGQ_PREFIX)')
+    .option(
+      '--inline-payload-limit <bytes>',
+      'larger payloads travel by reference, not in every job (64KiB; env PGQ_INLINE_PAYLOAD_LIMIT)',
+    )
     .option('--config <file>', 'config file (env PGQ_CONFIG)')
     .addOption(new Option('--log-level <level>', 'log level (env LOG_LEVEL)').choices(LOG_LEVELS))
     .addOption(

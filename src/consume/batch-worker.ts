@@ -9,6 +9,7 @@ import type { CompletedLookup } from './ledger-lookup.js';
 import type { TransactionRunner } from './transaction.js';
 import { callBatchHandler } from './batch-call.js';
 import { attemptOf, entriesOf, isPermanent } from './job-data.js';
+import { withPayloads } from './payload-refs.js';
 import { toNotification, type Notification, type NotificationJobData } from './notification.js';
 import { errorMessage } from '../util.js';
 import { traceBatchCall } from './tracing.js';
@@ -144,16 +145,23 @@ export class BatchRunner {
     void this.run(group.members);
   }
 
+  /** The handler's notifications of a group, payloads by reference read in one query. */
+  private async notificationsOf(members: Member[]): Promise<Notification[]> {
+    const all = members.flatMap((m) => m.entries);
+    const loaded = await withPayloads(this.deps.db, this.deps.store.schema, all);
+    let i = 0;
+    return members.flatMap((m) =>
+      m.entries.map(() => toNotification(loaded[i++], m.attempt, m.isReplay)),
+    );
+  }
+
   /** One handler call for `members` (at most `concurrency` at once); settles every member. */
   private async run(members: Member[]): Promise<void> {
     await this.acquire();
     const started = performance.now();
     let error: unknown;
     try {
-      const notifications: Notification[] = [];
-      for (const m of members) {
-        for (const e of m.entries) notifications.push(toNotification(e, m.attempt, m.isReplay));
-      }
+      const notifications = await this.notificationsOf(members);
       // One span per handler call, linked to every notification's writer (consume/tracing.ts).
       const entries = members.flatMap((m) => m.entries);
       await traceBatchCall(this.def.id, entries, members[0].attempt, () =>

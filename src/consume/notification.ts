@@ -45,8 +45,13 @@ export interface NotificationJobData {
   /** Notification id. */
   id: string;
   channel: string;
-  /** The payload as JSON text, exactly as stored. */
-  payload: string;
+  /**
+   * The payload as JSON text, exactly as stored; absent when `payloadRef` is set (the worker then
+   * reads it from the row, see consume/payload-refs.ts).
+   */
+  payload?: string;
+  /** Set when the payload was over the inline payload limit: it travels by reference. */
+  payloadRef?: true;
   /** The context as JSON text, or null. */
   context: string | null;
   /** ISO timestamp of created_at. */
@@ -117,6 +122,10 @@ export function toNotification(
   attempt: number,
   isReplay: boolean,
 ): Notification {
+  if (data.payload === undefined) {
+    // A reference the worker did not resolve: a bug, not something a retry can fix.
+    throw new Error(`notification ${data.id}: payload by reference was not loaded from its row`);
+  }
   const payload: unknown = JSON.parse(data.payload);
   const context =
     data.context === null ? null : (JSON.parse(data.context) as Record<string, unknown>);

@@ -11,6 +11,7 @@ import type { KeyGate } from './ordering.js';
 import { attemptOf, isPermanent, singleEntryOf } from './job-data.js';
 import { toNotification, type Notification, type NotificationJobData } from './notification.js';
 import { errorMessage } from '../util.js';
+import { withPayloads } from './payload-refs.js';
 
 /** What the per-job pipeline needs from the worker that hosts it. */
 export interface ProcessorDeps {
@@ -65,7 +66,9 @@ export function createJobProcessor(
     const isReplay = data.replay === true;
     if (await alreadyCompleted(def, deps, data)) return skipped(def, deps, data, attempt);
     await deps.gate?.admit(job, token, data);
-    const notification = notificationOf(data, attempt, isReplay);
+    // A payload over the inline limit travels by reference: read it from the row first.
+    const [loaded] = await withPayloads(deps.db, deps.store.schema, [data]);
+    const notification = notificationOf(loaded, attempt, isReplay);
     const started = performance.now();
     let ran: Ran;
     try {

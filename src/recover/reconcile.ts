@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { jobDataFor, jobIdFor, planJobs, type PlannedJob } from '../bridge/plan.js';
 import { QueueSet } from '../bridge/queues.js';
-import type { Settings } from '../config.js';
+import { inlinePayloadLimitOf, type Settings } from '../config.js';
 import { RecoveryStore, pairKey, type OwedPair } from '../db/recovery.js';
 import { createPool } from '../db/pool.js';
 import { Store } from '../db/store.js';
@@ -15,7 +15,11 @@ import { withTimeout } from '../util.js';
 
 /** Options of {@link reconcile}. */
 export interface ReconcileOptions {
-  settings: Pick<Settings, 'databaseUrl' | 'redisUrl' | 'schema' | 'prefix'> & RedisSettings;
+  settings: Pick<
+    Settings,
+    'databaseUrl' | 'redisUrl' | 'schema' | 'prefix' | 'inlinePayloadLimit'
+  > &
+    RedisSettings;
   /** Only rows of these channels (default: all). */
   channels?: string[];
   /**
@@ -76,6 +80,8 @@ export interface ReconcileDeps {
   log: Logger;
   batchSize: number;
   dryRun: boolean;
+  /** Payloads over this many bytes go into jobs by reference (see `jobDataFor`). */
+  inlinePayloadLimit: number;
   signal?: AbortSignal;
 }
 
@@ -157,6 +163,7 @@ export async function reconcile(options: ReconcileOptions): Promise<ReconcileRes
       log,
       batchSize,
       dryRun: options.dryRun === true,
+      inlinePayloadLimit: inlinePayloadLimitOf(settings),
       signal: options.signal,
     };
     return await runReconcile(deps, options);
@@ -195,7 +202,7 @@ async function runReconcile(d: ReconcileDeps, options: ReconcileOptions): Promis
 export interface PlaybackOptions {
   pool: pg.Pool;
   redis: RedisConnection;
-  settings: Pick<Settings, 'schema' | 'prefix' | 'redisUrl'> & RedisSettings;
+  settings: Pick<Settings, 'schema' | 'prefix' | 'redisUrl' | 'inlinePayloadLimit'> & RedisSettings;
   /** Consumers whose pending playback to run. */
   consumers: string[];
   batchSize?: number;
@@ -222,6 +229,7 @@ export async function playback(options: PlaybackOptions): Promise<ReconcileResul
     log: options.logger ?? silentLogger(),
     batchSize: options.batchSize ?? 1000,
     dryRun: false,
+    inlinePayloadLimit: inlinePayloadLimitOf(options.settings),
     signal: options.signal,
   };
   const c = emptyCounts();
@@ -330,7 +338,7 @@ async function bridgeBatch(
       );
       const plan = await withoutDoneOrQueued(
         d,
-        planJobs(rows, subscriptions, true),
+        planJobs(rows, subscriptions, true, d.inlinePayloadLimit),
         completed,
         batch,
       );
@@ -385,7 +393,12 @@ async function countUnbridged(
       d.pool,
       rows.map((r) => r.id),
     );
-    const plan = await withoutDoneOrQueued(d, planJobs(rows, subscriptions, true), completed, c);
+    const plan = await withoutDoneOrQueued(
+      d,
+      planJobs(rows, subscriptions, true, d.inlinePayloadLimit),
+      completed,
+      c,
+    );
     c.enqueued += countJobs(plan);
     c.scanned += page.length;
     c.bridged += page.length;
@@ -517,7 +530,7 @@ async function enqueueOwed(
       if (!row) continue;
       jobs.push({
         name: row.channel,
-        data: jobDataFor(row, true),
+        data: jobDataFor(row, true, d.inlinePayloadLimit),
         opts: { ...jobOptions.get(consumerId), jobId: jobIdFor(id) },
       });
     }

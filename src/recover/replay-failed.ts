@@ -155,7 +155,7 @@ async function readdFromRows(
   }
   const jobs: PlannedJob[] = rows.map((row) => ({
     name: row.channel,
-    data: jobDataFor(row, true),
+    data: jobDataFor(row, true, d.inlinePayloadLimit),
     opts: { ...jobOptions, jobId: jobIdFor(row.id) },
   }));
   if (!d.dryRun && jobs.length > 0) {

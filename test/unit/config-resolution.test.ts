@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { DEFAULTS, resolveConfig } from '../../src/config.js';
+import { DEFAULTS, parseByteSize, resolveConfig } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
 import { redactSecrets } from '../../src/log.js';
 
@@ -41,6 +41,7 @@ describe('resolveConfig', () => {
       redisUrl: 'redis://127.0.0.1:6379',
       schema: 'pgq_bridge',
       prefix: 'pgq',
+      inlinePayloadLimit: 64 * 1024,
       logLevel: 'info',
       logFormat: 'json',
     });
@@ -169,5 +170,32 @@ describe('redactSecrets', () => {
       'redis://:***@r:6379 and postgresql://a:***@c/d',
     );
     expect(redactSecrets('postgres://bob@db/app')).toBe('postgres://bob@db/app');
+  });
+});
+
+describe('inline payload limit', () => {
+  it('reads bytes or binary units and refuses anything else', () => {
+    expect(parseByteSize('x', '65536')).toBe(65536);
+    expect(parseByteSize('x', '64KiB')).toBe(65536);
+    expect(parseByteSize('x', '64k')).toBe(65536);
+    expect(parseByteSize('x', '1MB')).toBe(1024 ** 2);
+    expect(parseByteSize('x', ' 2 mib ')).toBe(2 * 1024 ** 2);
+    expect(parseByteSize('x', '0')).toBe(0);
+    expect(parseByteSize('x', 1000)).toBe(1000);
+    for (const bad of ['', '-1', '1.5k', '10 parsecs', 'k']) {
+      expect(() => parseByteSize('x', bad), bad).toThrow(ConfigError);
+    }
+    expect(() => parseByteSize('x', 1.5)).toThrow(ConfigError);
+  });
+
+  it('comes from the config file, then PGQ_INLINE_PAYLOAD_LIMIT, then the flag', async () => {
+    const cwd = dirWith({ 'pgq-bridge.config.mjs': fileConfig('s', 'inlinePayloadLimit: 1000') });
+    expect((await resolveConfig({ env: {}, cwd })).inlinePayloadLimit).toBe(1000);
+    const env = { PGQ_INLINE_PAYLOAD_LIMIT: '2KiB' };
+    expect((await resolveConfig({ env, cwd })).inlinePayloadLimit).toBe(2048);
+    const flags = { inlinePayloadLimit: '3k' };
+    expect((await resolveConfig({ env, cwd, flags })).inlinePayloadLimit).toBe(3072);
+    const error = await configError({ env: { PGQ_INLINE_PAYLOAD_LIMIT: 'lots' }, cwd });
+    expect(error.message).toMatch(/inline-payload-limit \(PGQ_INLINE_PAYLOAD_LIMIT\)/);
   });
 });

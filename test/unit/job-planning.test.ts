@@ -97,3 +97,35 @@ describe('planJobs', () => {
     expect(plan.get('a')![0].data.replay).toBe(true);
   });
 });
+
+describe('payloads by reference', () => {
+  it('leaves a payload over the limit in the row and marks the job data', () => {
+    const big = JSON.stringify({ text: 'x'.repeat(2000) });
+    const data = jobDataFor(row('9', 'files', big), false, 1024);
+    expect(data).toEqual({
+      id: '9',
+      channel: 'files',
+      context: null,
+      createdAt: '2026-01-02T03:04:05.678Z',
+      payloadRef: true,
+    });
+    // At the limit it stays inline; the limit counts UTF-8 bytes, not characters.
+    expect(jobDataFor(row('9', 'files', big), false, big.length).payload).toBe(big);
+    const wide = JSON.stringify('é'.repeat(400)); // 402 characters, 802 bytes
+    expect(jobDataFor(row('9', 'files', wide), false, 801).payloadRef).toBe(true);
+    expect(jobDataFor(row('9', 'files', wide), false, 802).payload).toBe(wide);
+    // No limit given: always inline, as before.
+    expect(jobDataFor(row('9', 'files', big)).payload).toBe(big);
+  });
+
+  it('shares one reference among every consumer of the row', () => {
+    const big = JSON.stringify({ text: 'y'.repeat(5000) });
+    const plan = planJobs([row('5', 'c', big)], [sub('a', 'c'), sub('b', 'c')], false, 4096);
+    for (const consumer of ['a', 'b']) {
+      const [job] = plan.get(consumer) ?? [];
+      expect(job.data.payloadRef).toBe(true);
+      expect(job.data.payload).toBeUndefined();
+      expect(JSON.stringify(job.data).length).toBeLessThan(200);
+    }
+  });
+});
