@@ -34,8 +34,10 @@ export interface FailedDelivery {
 export interface CleanupBatch {
   /** Highest id of the page (the next page starts after it), or null when the page was empty. */
   lastId: string | null;
-  /** Rows in the page (old rows, bridged or not): fewer than the limit means the end. */
+  /** Rows in the page (old or not, bridged or not): fewer than the limit means the end. */
   pageRows: number;
+  /** Rows of the page created before the cutoff: none means the old part of the table is over. */
+  oldRows: number;
   /** Old bridged rows examined. */
   scanned: number;
   /** Rows deleted (or that would be, in a dry run). */
@@ -273,11 +275,14 @@ export class RecoveryStore {
   }
 
   /**
-   * One cleanup batch: the next `limit` rows created before `cutoff` (keyset after `afterId`;
-   * bridged_at is tested on the page, not in the scan, whose plan must not hinge on its
-   * statistics), of which the finished bridged ones are deleted with their ledger rows (or only
+   * One cleanup batch: the next `limit` rows by id (keyset after `afterId`, a plain range of the
+   * primary key), of which those created before `cutoff` and bridged are examined: the finished
+   * ones are deleted with their ledger rows (or only
    * counted, with `dryRun`). Finished: every consumer subscribed to the row's channel and owed it
    * (id > after_id) has a `completed` outcome; `force` deletes the page's rows regardless.
+   * Why created_at is tested on the page and not in the scan: as a scan filter it made the last
+   * page walk every newer row of the table looking for old ones (cleanup cost the table's size,
+   * not what it deleted); on the page, the caller stops at the first page without old rows.
    * Run it in a transaction that holds the subscriptions lock (shared), so a consumer registering
    * at the same moment sees either the row or its absence, never half of a batch.
    */
@@ -287,10 +292,11 @@ export class RecoveryStore {
   ): Promise<CleanupBatch> {
     const finished = `
       page AS (
-        SELECT id, channel, bridged_at FROM ${this.s}.notifications
-         WHERE id > $1 AND created_at < $2::timestamptz
+        SELECT id, channel, bridged_at, created_at < $2::timestamptz AS old
+          FROM ${this.s}.notifications
+         WHERE id > $1
          ORDER BY id LIMIT $3),
-      candidates AS (SELECT id, channel FROM page WHERE bridged_at IS NOT NULL),
+      candidates AS (SELECT id, channel FROM page WHERE old AND bridged_at IS NOT NULL),
       finished AS (
         SELECT p.id FROM candidates p
          WHERE $4::boolean OR NOT EXISTS (
@@ -304,6 +310,7 @@ export class RecoveryStore {
       ? `WITH ${finished}
          SELECT (SELECT max(id)::text FROM page) AS last_id,
                 (SELECT count(*) FROM page)::int AS page_rows,
+                (SELECT count(*) FROM page WHERE old)::int AS old_rows,
                 (SELECT count(*) FROM candidates)::int AS scanned,
                 (SELECT count(*) FROM finished)::int AS deleted,
                 (SELECT count(*) FROM ${this.s}.deliveries d
@@ -317,12 +324,14 @@ export class RecoveryStore {
             WHERE n.id = f.id RETURNING 1)
          SELECT (SELECT max(id)::text FROM page) AS last_id,
                 (SELECT count(*) FROM page)::int AS page_rows,
+                (SELECT count(*) FROM page WHERE old)::int AS old_rows,
                 (SELECT count(*) FROM candidates)::int AS scanned,
                 (SELECT count(*) FROM deleted)::int AS deleted,
                 (SELECT count(*) FROM deleted_deliveries)::int AS ledger_rows`;
     const res = await db.query<{
       last_id: string | null;
       page_rows: number;
+      old_rows: number;
       scanned: number;
       deleted: number;
       ledger_rows: number;
@@ -331,6 +340,7 @@ export class RecoveryStore {
     return {
       lastId: row.last_id,
       pageRows: row.page_rows,
+      oldRows: row.old_rows,
       scanned: row.scanned,
       deleted: row.deleted,
       ledgerRows: row.ledger_rows,
