@@ -3,7 +3,8 @@
  * `search` runs with concurrency 20 (two BullMQ Workers per process), the others with 4.
  * Each handler first records the handling in `<soak schema>.handled` (the Postgres the chaos
  * restarts, reached through the same proxy as the bridge), then "works" for a few ms so that a
- * kill -9 often catches jobs in flight. A failed record (Postgres down or cut) throws: BullMQ
+ * kill -9 often catches jobs in flight (`projection` is transactional: it records through its
+ * transaction, see TRANSACTIONAL). A failed record (Postgres down or cut) throws: BullMQ
  * retries it, generously enough (25 attempts, ~1 s apart) that no outage dead-letters a job.
  */
 
@@ -16,7 +17,15 @@ export const CONSUMERS: Record<string, readonly string[]> = {
   mailer: ['users'],
   billing: ['orders', 'payments'],
   search: ['orders', 'users'],
+  projection: ['orders', 'payments'],
 };
+
+/**
+ * Transactional consumers (`transactional: true`): their handler records the handling through
+ * `ctx.db`, inside the attempt's transaction, so the `handled` row is the effect that must commit
+ * exactly once per notification (test/soak/verify.ts checks it: no duplicate at all).
+ */
+export const TRANSACTIONAL: readonly string[] = ['projection'];
 
 /**
  * Consumers that run with a concurrency of 20 instead of 4: enough that each `work` process runs
@@ -28,9 +37,12 @@ const WIDE: readonly string[] = ['search'];
 /** The text of the consumers file (`.mjs`), for a soak schema named `soakSchema`. */
 export function consumersFile(soakSchema: string): string {
   const defs = Object.entries(CONSUMERS)
-    .map(
-      ([id, channels]) =>
-        `  defineConsumer({ id: ${JSON.stringify(id)}, channels: ${JSON.stringify(channels)}, ...common,${WIDE.includes(id) ? ' concurrency: 20,' : ''}
+    .map(([id, channels]) =>
+      TRANSACTIONAL.includes(id)
+        ? `  defineConsumer({ id: ${JSON.stringify(id)}, channels: ${JSON.stringify(channels)}, ...common,
+    transactional: true, removeOnComplete: true,
+    async handle(n, job, { db }) { await record(${JSON.stringify(id)}, n, db); await busy(); } }),`
+        : `  defineConsumer({ id: ${JSON.stringify(id)}, channels: ${JSON.stringify(channels)}, ...common,${WIDE.includes(id) ? ' concurrency: 20,' : ''}
     async handle(n) { await record(${JSON.stringify(id)}, n); await busy(); } }),`,
     )
     .join('\n');
@@ -49,8 +61,9 @@ const pool = new pg.Pool({
 // Idle clients die with every Postgres restart; that must not crash the worker.
 pool.on('error', () => {});
 
-async function record(consumer, n) {
-  await pool.query(
+// db: the attempt's transaction client of a transactional consumer, else the pool above.
+async function record(consumer, n, db = pool) {
+  await db.query(
     'INSERT INTO "${soakSchema}".handled (consumer, notification_id, attempt, is_replay, pid) VALUES ($1, $2, $3, $4, $5)',
     [consumer, n.id, n.attempt, n.isReplay, process.pid],
   );

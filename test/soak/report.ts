@@ -77,6 +77,9 @@ export function formatReport(input: {
     lines.push(`  duplicate cause: ${cause}: ${n}`);
   }
   lines.push(
+    `transactional consumers: effects committed more than once ${v.transactionalDuplicates}`,
+  );
+  lines.push(
     `lost ${v.lost}; acknowledged but missing ${v.acknowledgedMissing}; ` +
       `run again after completed in the ledger ${v.rerunAfterCompleted}`,
   );

@@ -109,14 +109,17 @@ export async function createStack(runId: string): Promise<Stack> {
       attempt int NOT NULL,
       is_replay boolean NOT NULL,
       pid int NOT NULL,
-      handled_at timestamptz NOT NULL DEFAULT clock_timestamp());
+      handled_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+      -- The writing transaction: a transactional consumer's handling shares it with its ledger row.
+      xact bigint NOT NULL DEFAULT txid_current());
     CREATE INDEX ON ${soakSchema}.handled (consumer, notification_id);
     CREATE INDEX ON ${soakSchema}.handled (notification_id);
     CREATE TABLE ${soakSchema}.ledger_log (
       consumer_id text NOT NULL,
       notification_id bigint NOT NULL,
       status text NOT NULL,
-      logged_at timestamptz NOT NULL DEFAULT clock_timestamp());
+      logged_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+      xact bigint NOT NULL DEFAULT txid_current());
     CREATE INDEX ON ${soakSchema}.ledger_log (consumer_id, notification_id);
     CREATE FUNCTION ${soakSchema}.log_delivery() RETURNS trigger LANGUAGE plpgsql AS $fn$
     BEGIN

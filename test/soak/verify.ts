@@ -10,8 +10,11 @@
  * 3. The ledger agrees with the handlers: every pair handled is completed in the ledger, every
  *    pair completed in the ledger was handled, and none is left failed.
  * 4. Duplicates (a pair handled more than once) are counted and attributed to a cause.
+ * 5. Transactional consumers (their handling row is written in the attempt's transaction) have
+ *    no duplicate at all: exactly one committed effect per owed notification.
  */
 import type { Fault } from './chaos.js';
+import { TRANSACTIONAL } from './consumers.js';
 import type { Stack } from './stack.js';
 
 /** One handler run. */
@@ -44,6 +47,8 @@ export interface Verdict {
   ledgerFailed: number;
   duplicates: number;
   duplicatesByCause: Record<string, number>;
+  /** Effects of transactional consumers committed more than once (must be 0). */
+  transactionalDuplicates: number;
   /** Failures that make the soak exit non-zero. */
   failures: string[];
 }
@@ -127,6 +132,8 @@ export async function verify(
        JOIN ${soakSchema}.ledger_log l
          ON l.consumer_id = h.consumer AND l.notification_id = h.notification_id
         AND l.status = 'completed' AND l.logged_at < h.handled_at
+        -- A transactional consumer writes its ledger row first, in the handling's transaction.
+        AND l.xact <> h.xact
       GROUP BY h.seq, h.consumer, h.notification_id, h.handled_at
       ORDER BY h.handled_at`,
   );
@@ -188,6 +195,19 @@ export async function verify(
                                        'is_replay', is_replay) ORDER BY handled_at) AS runs
        FROM ${soakSchema}.handled GROUP BY consumer, notification_id HAVING count(*) > 1`,
   );
+  // 5. Transactional consumers: their handling row commits with the ledger row, exactly once.
+  const transactionalDuplicates = await scalar(
+    `SELECT coalesce(sum(n - 1), 0)::int AS n FROM (
+       SELECT count(*) AS n FROM ${soakSchema}.handled WHERE consumer = ANY($1::text[])
+        GROUP BY consumer, notification_id HAVING count(*) > 1) d`,
+    [TRANSACTIONAL],
+  );
+  if (transactionalDuplicates > 0) {
+    failures.push(
+      `${transactionalDuplicates} effects of transactional consumers committed more than once`,
+    );
+  }
+
   const duplicatesByCause: Record<string, number> = {};
   let duplicates = 0;
   for (const { runs } of dups.rows) {
@@ -223,6 +243,7 @@ export async function verify(
     ledgerFailed,
     duplicates,
     duplicatesByCause,
+    transactionalDuplicates,
     failures,
   };
 }
