@@ -54,6 +54,29 @@ export function withOtel<T>(fn: (api: Otel | null) => T): T | Promise<T> {
   return loadOtel().then(fn);
 }
 
+/**
+ * Flushes the spans the application's SDK still buffers (a `BatchSpanProcessor` holds them for
+ * seconds), so a `work` or `listen` that drains on SIGTERM and exits does not lose its last
+ * spans. Nothing happens when the API was never loaded; waits at most `timeoutMs`.
+ */
+export async function flushTraces(timeoutMs = 5000): Promise<void> {
+  const api = otelNow();
+  if (!api) return;
+  // The global provider is a proxy; the SDK's provider (which can flush) is its delegate.
+  const global = api.trace.getTracerProvider() as { getDelegate?: () => unknown };
+  const provider = (global.getDelegate?.() ?? global) as { forceFlush?: () => Promise<void> };
+  if (typeof provider.forceFlush !== 'function') return;
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    provider.forceFlush().catch(() => undefined),
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, timeoutMs);
+      timer.unref();
+    }),
+  ]);
+  clearTimeout(timer);
+}
+
 /** The active span's context as W3C headers, or undefined when there is no valid one. */
 export function headersOf(api: Otel, ctx = api.context.active()): TraceHeaders | undefined {
   const sc = api.trace.getSpanContext(ctx);

@@ -14,6 +14,7 @@ import { registerTriggers } from './triggers.js';
 import { registerStart } from './start.js';
 import { registerStatus } from './status.js';
 import { registerWork } from './work.js';
+import { flushTraces } from '../tracing.js';
 
 /** Builds the `pgq-bridge` commander program with its global settings. */
 export function buildProgram(): Command {
@@ -91,5 +92,8 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`${redactSecrets(error.stack)}\n`);
     }
     return 1;
+  } finally {
+    // bin/ exits right after: hand the SDK's buffered spans over first (docs/tracing.md).
+    await flushTraces();
   }
 }

@@ -108,7 +108,8 @@ beforeAll(async () => {
   spansFile = join(dir, 'spans.jsonl');
   // As a user enables export: the SDK registered with `node --import`.
   work = startNode(['--import', REGISTER, CLI_BIN, 'work', '--consumers-dir', dir], {
-    env: { ...t.env, PGQ_TEST_SPANS_FILE: spansFile },
+    // Batched export: the spans reach the file only when work flushes the SDK as it stops.
+    env: { ...t.env, PGQ_TEST_SPANS_FILE: spansFile, PGQ_TEST_SPANS_BATCH: '1' },
   });
   // Registered (startFrom 'now') before anything is written.
   await waitFor(
@@ -119,7 +120,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await listener?.stop();
   if (work) {
-    work.kill('SIGTERM');
+    work.kill('SIGTERM'); // no-op when the test already stopped it
     await work.waitForExit();
   }
   await provider.shutdown();
@@ -206,20 +207,22 @@ describe('tracing from the writer to the handler', () => {
     listener = createListener({ settings: apiSettings(t) });
     await listener.start();
 
-    // tr-one: 5 notifications, one of them retried (6 attempts); tr-batch: >= 1 handler call.
+    // Every delivery done (tr-one: 5 notifications, one of them retried; tr-batch: the 3 on
+    // 'orders'), then work stops gracefully and must flush its buffered spans on the way out.
+    await waitFor(
+      async () => {
+        const { rows } = await t.pool.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM "${t.schema}".deliveries WHERE status = 'completed'`,
+        );
+        return rows[0].n === 8;
+      },
+      { timeoutMs: 30_000, message: 'every delivery completed' },
+    );
+    expect(workerSpans()).toEqual([]); // still buffered in the worker's SDK
+    work.kill('SIGTERM');
+    expect((await work.waitForExit()).code).toBe(0);
     const process = (s: SpanJson, consumer: string) =>
       s.name === `${consumer} process` && s.kind === SpanKind.CONSUMER;
-    await waitFor(
-      () => {
-        const spans = workerSpans();
-        const one = spans.filter((s) => process(s, 'tr-one'));
-        const batched = spans
-          .filter((s) => process(s, 'tr-batch'))
-          .reduce((n, s) => n + Number(s.attributes['messaging.batch.message_count']), 0);
-        return one.length >= 6 && batched >= 3;
-      },
-      { timeoutMs: 30_000, message: 'the worker exported the handler spans' },
-    );
     const spans = workerSpans();
     const one = spans.filter((s) => process(s, 'tr-one'));
     const ofMessage = (id: string) =>

@@ -4,7 +4,7 @@
 // reads (a child process's in-memory exporter is out of the test's reach).
 import { appendFileSync } from 'node:fs';
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
-import { SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { BatchSpanProcessor, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 
 const file = process.env.PGQ_TEST_SPANS_FILE;
 if (!file) throw new Error('register-file-exporter: set PGQ_TEST_SPANS_FILE');
@@ -38,4 +38,15 @@ const exporter = {
   forceFlush: async () => undefined,
 };
 
-new NodeTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }).register();
+// PGQ_TEST_SPANS_BATCH=1: a BatchSpanProcessor that never exports on its own within a test (the
+// usual production set-up, exaggerated): spans reach the file only when pgq-bridge flushes the
+// SDK on its way out.
+const processor =
+  process.env.PGQ_TEST_SPANS_BATCH === '1'
+    ? new BatchSpanProcessor(exporter, {
+        scheduledDelayMillis: 600_000,
+        maxExportBatchSize: 10_000,
+        maxQueueSize: 10_000,
+      })
+    : new SimpleSpanProcessor(exporter);
+new NodeTracerProvider({ spanProcessors: [processor] }).register();
