@@ -3,74 +3,22 @@ import pg from 'pg';
 import pRetry from 'p-retry';
 import { createPool } from '../db/pool.js';
 import { Store } from '../db/store.js';
-import { inlinePayloadLimitOf, type Settings } from '../config.js';
+import { inlinePayloadLimitOf } from '../config.js';
+import type { Listener, ListenerOptions } from './listener-options.js';
 import { WakeupListener } from './wakeups.js';
 import { WakeupLease } from './lease.js';
 import { redactSecrets, silentLogger, type Logger } from '../log.js';
-import type { BatchEvent, Metrics } from '../operate/metrics.js';
-import { packBatches } from './pack.js';
-import { claimLimitFor, planJobs } from './plan.js';
-import { traceBridgeBatch } from './tracing.js';
+import type { BatchEvent } from '../operate/metrics.js';
 import { QueueSet } from './queues.js';
+import { Claimer } from './claimer.js';
+import type { BatchResult } from './batch.js';
 import { runStartupChecks } from '../operate/checks.js';
 import { PgqError } from '../errors.js';
-import { closeRedis, createRedis, type RedisConnection, type RedisSettings } from '../redis.js';
-import { errorMessage, withTimeout } from '../util.js';
+import { closeRedis, createRedis, type RedisConnection } from '../redis.js';
+import { errorMessage } from '../util.js';
 import { assertChannel } from '../identifiers.js';
 
-/** Options of {@link createListener}. */
-export interface ListenerOptions {
-  settings: Pick<
-    Settings,
-    'databaseUrl' | 'listenDatabaseUrl' | 'redisUrl' | 'schema' | 'prefix' | 'inlinePayloadLimit'
-  > &
-    RedisSettings;
-  /** Bridge only these channels (default: all). */
-  channels?: string[];
-  /** Rows claimed per transaction (default 500). */
-  batchSize?: number;
-  /** Leave rows stored before the start for reconcile or another listener. */
-  skipPlayback?: boolean;
-  /** First delay before retrying after a failure, in ms (default 1000; backs off to 30 s). */
-  reconnectDelayMs?: number;
-  /** Safety poll: the longest a missed wake-up can delay a row, in ms (default 5000). */
-  pollIntervalMs?: number;
-  /**
-   * Wake-up lease length in ms (default 1000; 0 turns it off). While this listener keeps finding
-   * rows it holds the lease, so `notify()` skips the costly NOTIFY, and it polls every few ms.
-   * Only a listener of every channel holds it: writers on other channels must still wake someone.
-   */
-  wakeupLeaseMs?: number;
-  /** How long Redis may take to accept a batch before the transaction rolls back (default 15 s). */
-  enqueueTimeoutMs?: number;
-  logger?: Logger;
-  /** Counts batches, rows and bridge latency (see `Metrics`). */
-  metrics?: Metrics;
-  /** Refuse to start when Redis may evict jobs (maxmemory-policy other than noeviction). */
-  strict?: boolean;
-  /**
-   * How long the start-up self-test waits for a NOTIFY on the LISTEN connection (default 5 s;
-   * 0 skips it). No NOTIFY means a transaction-mode pooler: the listener refuses to run.
-   */
-  listenSelfTestTimeoutMs?: number;
-}
-
-/** A running listener (the `listen` command). */
-export interface Listener extends EventEmitter {
-  /**
-   * Runs the start-up checks (schema version, Redis eviction policy; a server that cannot be
-   * reached is skipped), then starts bridging; connection failures are retried in the background.
-   * A LISTEN connection found to go through a transaction-mode pooler stops the listener and
-   * emits `error` (code `PGQ_LISTEN_POOLED`).
-   */
-  start(): Promise<void>;
-  /** Finishes the batch in flight, then closes every connection. */
-  stop(): Promise<void>;
-  /** Bridges everything claimable now; resolves with the number of rows bridged. */
-  drain(): Promise<number>;
-  /** Counters since start. */
-  readonly stats: { bridged: number; jobs: number; batches: number; errors: number };
-}
+export type { Listener, ListenerOptions } from './listener-options.js';
 
 class BridgeListener extends EventEmitter implements Listener {
   readonly stats = { bridged: 0, jobs: 0, batches: 0, errors: 0 };
@@ -83,13 +31,11 @@ class BridgeListener extends EventEmitter implements Listener {
   private readonly abort = new AbortController();
   private readonly batchSize: number;
   private readonly channels: string[] | null;
-  private minId: string | null = null;
   private wakePending = true;
   private wakeWaiter: (() => void) | undefined;
   private loop: Promise<void> | undefined;
   private secondLane: Promise<void> | undefined;
-  /** Rows per claim: the batch size, or a batch consumer's larger batch size (claimLimitFor). */
-  private claimLimit: number;
+  private readonly claimer: Claimer;
   private stopping: Promise<void> | undefined;
   private readonly lease: WakeupLease | undefined;
 
@@ -102,7 +48,6 @@ class BridgeListener extends EventEmitter implements Listener {
     if (!Number.isInteger(this.batchSize) || this.batchSize < 1) {
       throw new RangeError(`batch-size must be a positive integer, got ${options.batchSize}`);
     }
-    this.claimLimit = this.batchSize;
     for (const channel of options.channels ?? []) assertChannel(channel);
     this.channels = options.channels?.length ? options.channels : null;
     this.pool = createPool(
@@ -119,7 +64,19 @@ class BridgeListener extends EventEmitter implements Listener {
       'listener',
     );
     this.redis = createRedis(settings, this.log, 'listen');
-    this.queues = new QueueSet(this.redis, settings);
+    // The adds get a connection of their own, which a hung Redis makes the listener throw away.
+    this.queues = new QueueSet(() => createRedis(settings, this.log, 'listen-enqueue'), settings);
+    this.claimer = new Claimer(
+      {
+        pool: this.pool,
+        store: this.store,
+        queues: this.queues,
+        enqueueTimeoutMs: options.enqueueTimeoutMs ?? 15_000,
+        inlinePayloadLimit: inlinePayloadLimitOf(settings),
+      },
+      { batchSize: this.batchSize, channels: this.channels, log: this.log },
+      (batch) => this.noteBridged(batch),
+    );
     const leaseMs = options.wakeupLeaseMs ?? 1000;
     if (!this.channels && leaseMs > 0) {
       this.lease = new WakeupLease({ store: this.store, db: this.pool, logger: this.log, leaseMs });
@@ -189,7 +146,7 @@ class BridgeListener extends EventEmitter implements Listener {
   async drain(): Promise<number> {
     let total = 0;
     for (;;) {
-      const n = await this.bridgeOnce();
+      const n = await this.claimer.bridgeOnce();
       total += n;
       if (n < this.batchSize) return total;
     }
@@ -237,17 +194,21 @@ class BridgeListener extends EventEmitter implements Listener {
     const pollMs = this.options.pollIntervalMs ?? 5000;
     try {
       if (this.options.skipPlayback) {
-        this.minId = await this.retrying('reading the newest notification id', () =>
-          this.store.maxNotificationId(this.pool),
+        const boundary = await this.retrying('reading the newest notification id', () =>
+          this.store.boundary(this.pool),
         );
-        this.log.info({ afterId: this.minId }, 'skipping playback of stored notifications');
+        this.claimer.startAfter(boundary);
+        this.log.info(
+          { afterId: boundary.maxId, snapshot: boundary.snapshot },
+          'skipping playback of stored notifications',
+        );
       }
       while (!this.abort.signal.aborted) {
         this.wakePending = false;
         let failed = false;
         const bridged = await this.retrying('bridging a batch', async () => {
           try {
-            return await this.bridgeOnce();
+            return await this.claimer.bridgeOnce();
           } catch (error) {
             failed = true;
             throw error;
@@ -255,6 +216,7 @@ class BridgeListener extends EventEmitter implements Listener {
         });
         // After recovering from a failure, sweep again at once: anything may have piled up.
         if (failed) this.wakePending = true;
+        if (bridged < this.batchSize) await this.claimer.settleBoundary();
         await this.noteBatch(bridged);
         if (bridged >= this.batchSize) {
           this.startSecondLane(this.batchSize);
@@ -297,7 +259,7 @@ class BridgeListener extends EventEmitter implements Listener {
     this.secondLane = (async () => {
       try {
         while (!this.abort.signal.aborted) {
-          const bridged = await this.bridgeOnce();
+          const bridged = await this.claimer.bridgeOnce();
           // Its rows count towards the arrival rate that keeps the wake-up lease.
           await this.noteBatch(bridged);
           if (bridged < minRows) break;
@@ -311,76 +273,18 @@ class BridgeListener extends EventEmitter implements Listener {
     })();
   }
 
-  /**
-   * One batch: claim and mark rows, enqueue their jobs, commit. If anything fails the transaction
-   * rolls back and the rows are claimable again; jobs already added are deduplicated by id.
-   */
-  private async bridgeOnce(): Promise<number> {
-    const client = await this.pool.connect();
-    let committed = false;
-    let broken: Error | undefined;
-    // A checked-out client has no pool 'error' listener: without this one, the connection dying
-    // mid-batch (e.g. a Postgres restart) would crash the process instead of failing the batch.
-    const onError = (error: Error): void => {
-      broken = error;
+  /** Counts and announces a batch that committed rows. */
+  private noteBridged({ rows, jobs }: BatchResult): void {
+    this.stats.bridged += rows.length;
+    this.stats.jobs += jobs;
+    this.stats.batches++;
+    const event: BatchEvent = {
+      rows: rows.length,
+      jobs,
+      createdAt: rows.map((r) => r.created_at.getTime()),
+      committedAt: Date.now(),
     };
-    client.on('error', onError);
-    try {
-      const { subscriptions, rows } = await this.store.beginClaim(
-        client,
-        this.claimLimit,
-        this.channels,
-        this.minId,
-      );
-      this.claimLimit = claimLimitFor(this.batchSize, subscriptions);
-      if (rows.length > 0) {
-        const started = Date.now();
-        // Batch consumers get jobs of up to batch.size notifications (src/bridge/pack.ts).
-        const plan = packBatches(
-          planJobs(rows, subscriptions, false, inlinePayloadLimitOf(this.options.settings)),
-          subscriptions,
-        );
-        // In a span linked to the rows' writers when tracing is on (bridge/tracing.ts).
-        const jobs = await traceBridgeBatch(rows, async () => {
-          const added = await withTimeout(
-            this.queues.addAll(plan),
-            this.options.enqueueTimeoutMs ?? 15_000,
-            'Redis did not accept the batch in time',
-          );
-          await client.query('COMMIT');
-          return added;
-        });
-        committed = true;
-        this.stats.bridged += rows.length;
-        this.stats.jobs += jobs;
-        this.stats.batches++;
-        this.log.debug(
-          { rows: rows.length, jobs, firstId: rows[0].id, ms: Date.now() - started },
-          'batch bridged',
-        );
-        const event: BatchEvent = {
-          rows: rows.length,
-          jobs,
-          createdAt: rows.map((r) => r.created_at.getTime()),
-          committedAt: Date.now(),
-        };
-        this.emit('batch', event);
-      } else {
-        await client.query('COMMIT');
-        committed = true;
-      }
-      return rows.length;
-    } catch (error) {
-      broken = error instanceof Error ? error : new Error(String(error));
-      throw error;
-    } finally {
-      if (!committed) {
-        await client.query('ROLLBACK').catch(() => undefined);
-      }
-      // A connection that failed mid-transaction is discarded rather than reused.
-      client.removeListener('error', onError);
-      client.release(broken);
-    }
+    this.emit('batch', event);
   }
 }
 

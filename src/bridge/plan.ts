@@ -1,6 +1,8 @@
 import type { JobsOptions } from 'bullmq';
-import type { NotificationRow, SubscriptionRow } from '../db/store.js';
+import type { NotificationRow, SubscriptionRow } from '../db/rows.js';
+import type { LateDelivery } from '../db/bridge-sql.js';
 import type { NotificationJobData } from '../consume/notification.js';
+import { isOwed } from './boundary.js';
 
 /** The id of a notification's job: derived from the notification id, so adding it twice is a no-op. */
 export function jobIdFor(notificationId: string): string {
@@ -49,35 +51,63 @@ export interface PlannedJob {
   opts: JobsOptions;
 }
 
+/** What {@link planJobs} may narrow. */
+export interface PlanOptions {
+  /** Mark the jobs as replays (reconcile, playback): the worker consults the ledger first. */
+  replay?: boolean;
+  /** Payloads over this many bytes go into jobs by reference (see {@link jobDataFor}). */
+  inlinePayloadLimit?: number;
+  /** Only deliveries to these consumers (null or absent: every subscriber). */
+  consumers?: ReadonlySet<string> | null;
+  /**
+   * Exactly these deliveries: notification id → consumer ids, already found owed (by SQL, for
+   * playback and verify). Without it, a subscription gets the rows its boundary says it is owed.
+   */
+  deliveries?: ReadonlyMap<string, ReadonlySet<string>>;
+}
+
+/** Jobs per consumer, plus the deliveries only the commit-order boundary made owed. */
+export interface Plan {
+  jobs: Map<string, PlannedJob[]>;
+  late: LateDelivery[];
+}
+
 /** Fans rows out to the queues of their channel's subscribers: consumer id → jobs in id order. */
 export function planJobs(
-  rows: NotificationRow[],
-  subscriptions: SubscriptionRow[],
-  replay = false,
-  inlinePayloadLimit = Infinity,
-): Map<string, PlannedJob[]> {
+  rows: readonly NotificationRow[],
+  subscriptions: readonly SubscriptionRow[],
+  options: PlanOptions = {},
+): Plan {
   const byChannel = new Map<string, SubscriptionRow[]>();
   for (const sub of subscriptions) {
+    if (options.consumers && !options.consumers.has(sub.consumer_id)) continue;
     const list = byChannel.get(sub.channel) ?? [];
     list.push(sub);
     byChannel.set(sub.channel, list);
   }
-  const plan = new Map<string, PlannedJob[]>();
+  const jobs = new Map<string, PlannedJob[]>();
+  const late: LateDelivery[] = [];
   for (const row of rows) {
     const subs = byChannel.get(row.channel);
     if (!subs) continue;
-    const data = jobDataFor(row, replay, inlinePayloadLimit);
-    const id = BigInt(row.id);
+    const data = jobDataFor(row, options.replay === true, options.inlinePayloadLimit);
+    const chosen = options.deliveries?.get(row.id);
     for (const sub of subs) {
-      // A subscription is owed rows after its after_id: a 'now' consumer does not get the
-      // backlog that was stored (but not yet bridged) before it registered.
-      if (id <= BigInt(sub.after_id)) continue;
-      const jobs = plan.get(sub.consumer_id) ?? [];
-      jobs.push({ name: row.channel, data, opts: { ...sub.job_options, jobId: jobIdFor(row.id) } });
-      plan.set(sub.consumer_id, jobs);
+      if (options.deliveries) {
+        if (!chosen?.has(sub.consumer_id)) continue;
+      } else {
+        // A 'now' subscription is not owed the backlog stored (committed) before it registered.
+        const owed = isOwed(row, sub);
+        if (!owed) continue;
+        if (owed === 'late')
+          late.push({ consumerId: sub.consumer_id, channel: sub.channel, id: row.id });
+      }
+      const list = jobs.get(sub.consumer_id) ?? [];
+      list.push({ name: row.channel, data, opts: { ...sub.job_options, jobId: jobIdFor(row.id) } });
+      jobs.set(sub.consumer_id, list);
     }
   }
-  return plan;
+  return { jobs, late };
 }
 
 /** A claim never holds more rows than this, whatever a batch consumer asks for. */

@@ -12,6 +12,7 @@ interface ListenFlags {
   recover?: boolean;
   reconnectDelay?: number;
   pollInterval?: number;
+  enqueueTimeout?: number;
   metricsPort?: number;
   strict?: boolean;
 }
@@ -42,6 +43,12 @@ export function registerListen(program: Command): void {
       nonNegativeNumber,
       5,
     )
+    .option(
+      '--enqueue-timeout <seconds>',
+      'how long Redis may take to accept a batch before it rolls back (then smaller batches)',
+      nonNegativeNumber,
+      15,
+    )
     .option('--metrics-port <port>', 'serve Prometheus metrics on this port', positiveInt)
     .option('--strict', 'refuse to start when Redis may evict jobs (maxmemory-policy)')
     .action(async (opts: ListenFlags, command: Command) => {
@@ -70,6 +77,7 @@ export function registerListen(program: Command): void {
         skipPlayback: opts.skipPlayback,
         reconnectDelayMs: (opts.reconnectDelay ?? 1) * 1000,
         pollIntervalMs: Math.max(50, (opts.pollInterval ?? 5) * 1000),
+        enqueueTimeoutMs: Math.max(100, (opts.enqueueTimeout ?? 15) * 1000),
         logger: log,
       });
       // Signal handlers go in before start(): a SIGTERM during start-up must stop gracefully too.

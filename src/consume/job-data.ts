@@ -55,11 +55,3 @@ export function entriesOf(job: Job): JobEntries {
 export function attemptOf(job: Job): number {
   return job.attemptsMade + 1;
 }
-
-/**
- * Whether BullMQ's stalled-job recovery restarted this attempt: it was started more often than it
- * failed, so a worker died (or lost its lock) mid-run. Its handler may have finished already.
- */
-export function wasRestarted(job: Job): boolean {
-  return job.attemptsStarted > attemptOf(job);
-}

@@ -32,7 +32,7 @@ import { runStartupChecks } from '../operate/checks.js';
 import { closeRedis, createRedis, type RedisConnection, type RedisSettings } from '../redis.js';
 import { errorMessage } from '../util.js';
 import { consumerQueueOptions, warnAboutSingleSlotKeys } from '../queue-layout.js';
-import { playback } from '../recover/reconcile.js';
+import { playback } from '../recover/playback.js';
 
 /** Options of {@link createWorker}. */
 export interface WorkerOptions {
@@ -173,11 +173,10 @@ class ConsumerWorkers implements PgqWorker {
       this.options.consumers.map((def) => def.id),
       this.log,
     );
-    // New subscriptions of a 'beginning' consumer are owed rows bridged before they existed.
-    // Only the process whose registration created them plays them back; if it stops before the
-    // end, the next `reconcile` finishes the playback.
-    const newSubscribers = results.filter((r) => r.created.length > 0).map((r) => r.consumerId);
-    if (newSubscribers.length > 0) this.playingBack = this.playBack(newSubscribers);
+    // Subscriptions of a 'beginning' consumer are owed rows bridged before they existed. Every
+    // start plays what is pending for its consumers (new, or left by a process that died
+    // mid-playback); processes starting at once share the walk (src/recover/playback.ts).
+    this.playingBack = this.playBack(this.options.consumers.map((def) => def.id));
     this.heartbeat = setInterval(() => {
       const running = this.options.consumers.filter((def) => this.workers.has(def.id));
       touchDefinitions(this.pool, this.store.schema, running, this.workerName).catch(

@@ -1,6 +1,6 @@
 import { PgqError } from '../errors.js';
 import { errorMessage } from '../util.js';
-import type { Queryable } from './store.js';
+import type { Queryable } from './rows.js';
 
 /** SQLSTATE of a statement cancelled by `lock_timeout`. */
 const LOCK_NOT_AVAILABLE = '55P03';

@@ -1,27 +1,19 @@
 import { quoteIdent } from '../identifiers.js';
-import type { NotificationRow, Queryable } from './store.js';
+import { pairKey, type NotificationRow, type Queryable } from './rows.js';
 
 /** A subscription as reconcile sees it: its range of owed rows and its consumer's job options. */
 export interface OwedSubscription {
   consumer_id: string;
   channel: string;
-  /** The consumer is owed rows of the channel with a greater id. */
+  /** The consumer is owed rows of the channel with a greater id (and late ones, migration 0007). */
   after_id: string;
-  /** Playback range end: see migration 0003 (equal to after_id once playback finished). */
-  playback_through_id: string;
+  /** Where a walk in id order must start to meet every owed row: after_id or a late row below. */
+  walk_from_id: string;
+  /** Playback is still to enqueue rows up to this id (db/owed-sql.ts). */
+  playback_pending: boolean;
   job_options: Record<string, unknown>;
   /** A batch consumer: its notifications may wait inside batch jobs (`b...`), not `n<id>` jobs. */
   is_batch: boolean;
-}
-
-/** One (notification, consumer owed it) pair of a scanned page, with the ledger's outcome. */
-export interface OwedPair {
-  id: string;
-  channel: string;
-  /** Null for a row of the page that no selected consumer is owed (keeps the keyset moving). */
-  consumer_id: string | null;
-  /** The ledger's outcome for this pair, or null when none is recorded. */
-  status: 'completed' | 'failed' | 'skipped' | null;
 }
 
 /** A failed delivery from the ledger, with its notification's channel (null if it was deleted). */
@@ -47,7 +39,7 @@ export interface CleanupBatch {
 }
 
 /**
- * SQL of reconcile, playback and cleanup. Every scan is a keyset walk over the notifications'
+ * SQL of reconcile and cleanup (the walks of owed rows are in db/owed-sql.ts). Every scan is a keyset walk over the notifications'
  * primary key (`id > $last ORDER BY id LIMIT n`), so memory stays flat and no index is needed on
  * the hot table beyond the ones the listener already uses.
  */
@@ -81,59 +73,15 @@ export class RecoveryStore {
     channels: string[] | null,
   ): Promise<OwedSubscription[]> {
     const res = await db.query<OwedSubscription>(
-      `SELECT s.consumer_id, s.channel, s.after_id::text, s.playback_through_id::text, c.job_options,
-              c.batch IS NOT NULL AS is_batch
+      `SELECT s.consumer_id, s.channel, s.after_id::text,
+              least(s.after_id, s.first_late_id - 1)::text AS walk_from_id,
+              greatest(s.after_id, s.playback_cursor) < s.playback_through_id AS playback_pending,
+              c.job_options, c.batch IS NOT NULL AS is_batch
          FROM ${this.s}.subscriptions s JOIN ${this.s}.consumers c ON c.id = s.consumer_id
         WHERE ($1::text[] IS NULL OR s.consumer_id = ANY($1))
           AND ($2::text[] IS NULL OR s.channel = ANY($2))
         ORDER BY s.consumer_id, s.channel`,
       [consumers, channels],
-    );
-    return res.rows;
-  }
-
-  /**
-   * Claims up to `limit` unbridged rows and marks them bridged in the caller's transaction: the
-   * listener's claim (`Store.claimBatch`) plus reconcile's `--since` filter.
-   */
-  async claimUnbridged(
-    db: Queryable,
-    limit: number,
-    channels: string[] | null,
-    since: Date | null,
-  ): Promise<NotificationRow[]> {
-    const res = await db.query<NotificationRow>(
-      `UPDATE ${this.s}.notifications n SET bridged_at = clock_timestamp()
-         FROM (SELECT id FROM ${this.s}.notifications
-                WHERE bridged_at IS NULL
-                  AND ($2::text[] IS NULL OR channel = ANY($2))
-                  AND ($3::timestamptz IS NULL OR created_at >= $3)
-                ORDER BY id LIMIT $1
-                FOR UPDATE SKIP LOCKED) claimed
-        WHERE n.id = claimed.id
-        RETURNING n.id, n.channel, n.payload::text AS payload, n.context::text AS context,
-                  n.created_at, n.key, n.traceparent, n.tracestate`,
-      [limit, channels, since],
-    );
-    return res.rows;
-  }
-
-  /** A page of unbridged rows (id and channel only), for a dry run: nothing is claimed. */
-  async unbridgedPage(
-    db: Queryable,
-    afterId: string,
-    limit: number,
-    channels: string[] | null,
-    since: Date | null,
-  ): Promise<{ id: string; channel: string }[]> {
-    const res = await db.query<{ id: string; channel: string }>(
-      // ORDER BY n.id, not id: the output column id is text and would sort as text.
-      `SELECT n.id::text AS id, n.channel FROM ${this.s}.notifications n
-        WHERE n.bridged_at IS NULL AND n.id > $1
-          AND ($3::text[] IS NULL OR n.channel = ANY($3))
-          AND ($4::timestamptz IS NULL OR n.created_at >= $4)
-        ORDER BY n.id LIMIT $2`,
-      [afterId, limit, channels, since],
     );
     return res.rows;
   }
@@ -149,59 +97,6 @@ export class RecoveryStore {
     return new Set(res.rows.map((r) => pairKey(r.consumer_id, r.id)));
   }
 
-  /**
-   * One page of rows in `(afterId, throughId]` (throughId null: no end) of `channels`, joined with
-   * the selected consumers owed them and the ledger's outcome. Only bridged rows can be owed here
-   * (unbridged ones are the claim's business). With `verify` false only playback pairs qualify:
-   * rows bridged before the subscription existed, within its playback range. The bridged_at /
-   * subscribed_at comparison stays in SQL (microseconds). Every row of the page appears at least
-   * once (consumer_id null when nobody qualifies), so the caller's keyset moves on.
-   *
-   * Written for plans that do not depend on fresh statistics (reconcile often runs right after a
-   * mass change, before autovacuum analyzed anything): the page is a plain primary-key range with
-   * no filter on bridged_at (whose stale estimate made the planner choose parallel full scans),
-   * and the ledger lookup is a scalar subquery on the full primary key of deliveries.
-   */
-  async owedPage(
-    db: Queryable,
-    params: {
-      afterId: string;
-      throughId: string | null;
-      limit: number;
-      channels: string[];
-      consumers: string[];
-      since: Date | null;
-      verify: boolean;
-    },
-  ): Promise<OwedPair[]> {
-    const res = await db.query<OwedPair>(
-      `SELECT p.id::text, p.channel, s.consumer_id,
-              (SELECT d.status FROM ${this.s}.deliveries d
-                WHERE d.consumer_id = s.consumer_id AND d.notification_id = p.id) AS status
-         FROM (SELECT id, channel, bridged_at FROM ${this.s}.notifications
-                WHERE id > $1 AND ($2::bigint IS NULL OR id <= $2)
-                  AND channel = ANY($4::text[])
-                  AND ($6::timestamptz IS NULL OR created_at >= $6)
-                ORDER BY id LIMIT $3) p
-         LEFT JOIN ${this.s}.subscriptions s
-                ON p.bridged_at IS NOT NULL
-               AND s.channel = p.channel AND s.consumer_id = ANY($5::text[]) AND p.id > s.after_id
-               AND ($7::boolean
-                    OR (p.id <= s.playback_through_id AND p.bridged_at < s.subscribed_at))
-        ORDER BY p.id`,
-      [
-        params.afterId,
-        params.throughId,
-        params.limit,
-        params.channels,
-        params.consumers,
-        params.since,
-        params.verify,
-      ],
-    );
-    return res.rows;
-  }
-
   /** Full rows for the given ids (payload as JSON text), in id order. */
   async rowsByIds(db: Queryable, ids: string[]): Promise<NotificationRow[]> {
     if (ids.length === 0) return [];
@@ -212,20 +107,6 @@ export class RecoveryStore {
       [ids],
     );
     return res.rows;
-  }
-
-  /** Ends a subscription's playback, unless someone changed its range since `throughId` was read. */
-  async finishPlayback(
-    db: Queryable,
-    consumerId: string,
-    channel: string,
-    throughId: string,
-  ): Promise<void> {
-    await db.query(
-      `UPDATE ${this.s}.subscriptions SET playback_through_id = after_id
-        WHERE consumer_id = $1 AND channel = $2 AND playback_through_id = $3`,
-      [consumerId, channel, throughId],
-    );
   }
 
   /** A page of a consumer's failed deliveries (dead letters) per the ledger. */
@@ -279,7 +160,7 @@ export class RecoveryStore {
    * primary key), of which those created before `cutoff` and bridged are examined: the finished
    * ones are deleted with their ledger rows (or only
    * counted, with `dryRun`). Finished: every consumer subscribed to the row's channel and owed it
-   * (id > after_id) has a `completed` outcome; `force` deletes the page's rows regardless.
+   * (`is_owed`, migration 0007) has a `completed` outcome; `force` deletes the page's rows regardless.
    * Why created_at is tested on the page and not in the scan: as a scan filter it made the last
    * page walk every newer row of the table looking for old ones (cleanup cost the table's size,
    * not what it deleted); on the page, the caller stops at the first page without old rows.
@@ -292,16 +173,16 @@ export class RecoveryStore {
   ): Promise<CleanupBatch> {
     const finished = `
       page AS (
-        SELECT id, channel, bridged_at, created_at < $2::timestamptz AS old
+        SELECT id, channel, bridged_at, xid, created_at < $2::timestamptz AS old
           FROM ${this.s}.notifications
          WHERE id > $1
          ORDER BY id LIMIT $3),
-      candidates AS (SELECT id, channel FROM page WHERE old AND bridged_at IS NOT NULL),
+      candidates AS (SELECT id, channel, xid FROM page WHERE old AND bridged_at IS NOT NULL),
       finished AS (
         SELECT p.id FROM candidates p
          WHERE $4::boolean OR NOT EXISTS (
            SELECT 1 FROM ${this.s}.subscriptions s
-            WHERE s.channel = p.channel AND p.id > s.after_id
+            WHERE s.channel = p.channel AND ${this.s}.is_owed(p.id, p.xid, s.after_id, s.boundary)
               AND NOT EXISTS (
                 SELECT 1 FROM ${this.s}.deliveries d
                  WHERE d.consumer_id = s.consumer_id AND d.notification_id = p.id
@@ -346,9 +227,4 @@ export class RecoveryStore {
       ledgerRows: row.ledger_rows,
     };
   }
-}
-
-/** Key of a (consumer, notification) pair in sets and maps. */
-export function pairKey(consumerId: string, notificationId: string): string {
-  return `${consumerId}\u0000${notificationId}`;
 }

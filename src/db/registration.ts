@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { quoteIdent } from '../identifiers.js';
-import type { Queryable } from './store.js';
+import type { Queryable } from './rows.js';
 
 /** What a worker registers for a consumer. */
 export interface ConsumerRegistration {
@@ -58,6 +58,7 @@ export async function registerOne(
   schema: string,
   c: ConsumerRegistration,
   maxId: string,
+  snapshot: string | null = null,
 ): Promise<RegistrationResult> {
   const s = quoteIdent(schema);
   const jobOptions = JSON.stringify(c.jobOptions);
@@ -124,7 +125,7 @@ export async function registerOne(
       [c.id, jobOptions, batch, c.fingerprint],
     );
   }
-  await subscribe(client, s, c, maxId, result);
+  await subscribe(client, s, c, { maxId, snapshot }, result);
   return result;
 }
 
@@ -155,7 +156,7 @@ async function subscribe(
   client: pg.PoolClient | pg.Client,
   s: string,
   c: ConsumerRegistration,
-  maxId: string,
+  { maxId, snapshot }: { maxId: string; snapshot: string | null },
   result: RegistrationResult,
 ): Promise<void> {
   const removed = await client.query<{ channel: string }>(
@@ -171,14 +172,17 @@ async function subscribe(
   // A brand-new consumer with startFrom 'beginning' is owed everything; a channel added later
   // to an existing consumer starts from now.
   const afterId = result.isNewConsumer && c.startFrom === 'beginning' ? '0' : maxId;
+  // Commit order (migration 0007): a row at or below maxId that this snapshot does not see
+  // committed after the subscription started, so it is owed too.
+  const boundary = afterId === '0' ? null : snapshot;
   const subs = await client.query<{ channel: string; after_id: string }>(
     // playback_through_id: rows up to the newest stored one may have been bridged before
-    // this subscription existed; playback (src/recover/reconcile.ts) enqueues those for it.
-    `INSERT INTO ${s}.subscriptions (consumer_id, channel, after_id, playback_through_id)
-     SELECT $1, ch, $3, $4 FROM unnest($2::text[]) AS ch
+    // this subscription existed; playback (src/recover/playback.ts) enqueues those for it.
+    `INSERT INTO ${s}.subscriptions (consumer_id, channel, after_id, playback_through_id, boundary)
+     SELECT $1, ch, $3, $4, $5::pg_snapshot FROM unnest($2::text[]) AS ch
      ON CONFLICT (consumer_id, channel) DO NOTHING
      RETURNING channel, after_id`,
-    [c.id, wanted, afterId, maxId],
+    [c.id, wanted, afterId, maxId, boundary],
   );
   result.created = subs.rows.map((r) => ({ channel: r.channel, afterId: r.after_id }));
   await client.query(

@@ -1,40 +1,11 @@
-import pg from 'pg';
-import { quoteIdent } from '../identifiers.js';
-import { registerOne, type ConsumerRegistration, type RegistrationResult } from './registration.js';
-
+import type pg from 'pg';
+import { BridgeStore, SUBSCRIPTIONS_LOCK } from './bridge-sql.js';
 import { explainLockWait } from './locks.js';
+import { registerOne, type ConsumerRegistration, type RegistrationResult } from './registration.js';
+import type { Queryable } from './rows.js';
 
 export type { ConsumerRegistration, RegistrationResult } from './registration.js';
-
-/** How log lines name the lock that orders registrations and bridge batches. */
-const SUBSCRIPTIONS_LOCK =
-  'the subscriptions lock (taken by bridge batches, registrations, consumers remove)';
-
-/** Anything that can run a query: a pg Pool, Client or PoolClient. */
-export type Queryable = pg.Pool | pg.Client | pg.PoolClient;
-
-/** A notification row as the bridge reads it (payload kept as JSON text: it goes to Redis as is). */
-export interface NotificationRow {
-  id: string;
-  channel: string;
-  payload: string;
-  context: string | null;
-  created_at: Date;
-  /** Ordering key (migration 0009); null or absent when the row has none. */
-  key?: string | null;
-  /** The writer's W3C trace context (migration 0010); null or absent when it had none. */
-  traceparent?: string | null;
-  tracestate?: string | null;
-}
-
-/** One (consumer, channel) subscription, with the consumer's job settings. */
-export interface SubscriptionRow {
-  consumer_id: string;
-  channel: string;
-  after_id: string;
-  job_options: Record<string, unknown>;
-  batch: { size: number; maxWaitMs: number } | null;
-}
+export type { NotificationRow, Queryable, SubscriptionRow } from './rows.js';
 
 /** A final outcome recorded in the delivery ledger. */
 export interface DeliveryOutcome {
@@ -46,28 +17,12 @@ export interface DeliveryOutcome {
 }
 
 /**
- * Every SQL statement pgq-bridge runs against its own tables, for one schema. Nothing else in the
- * code base writes SQL for these tables, so this file is the database contract.
+ * SQL of the produce and consume stages for one schema: storing a notification, registering
+ * consumers, the delivery ledger. The bridge's SQL (subscriptions, claim, boundaries, lease) is
+ * inherited from {@link BridgeStore} (db/bridge-sql.ts); recovery's is in db/recovery.ts and
+ * db/owed-sql.ts.
  */
-export class Store {
-  readonly schema: string;
-  /** The NOTIFY channel that wakes listeners of this schema. */
-  readonly wakeChannel: string;
-  private readonly s: string;
-  private readonly subscriptionsLockKey: string;
-
-  constructor(schema: string) {
-    this.schema = schema;
-    this.s = quoteIdent(schema);
-    this.wakeChannel = schema;
-    this.subscriptionsLockKey = `pgq_bridge.subscriptions:${schema}`;
-  }
-
-  /** `LISTEN` statement for the wake-up channel. */
-  listenSql(): string {
-    return `LISTEN ${quoteIdent(this.wakeChannel)}`;
-  }
-
+export class Store extends BridgeStore {
   /**
    * Stores one notification (through the SQL `notify()`, so both paths share its rules). With a
    * key, the three-argument `notify()`; without, the two-argument one, which pays nothing for keys.
@@ -100,149 +55,6 @@ export class Store {
   }
 
   /**
-   * Inside a bridge transaction: takes the subscriptions lock in shared mode (so a consumer's
-   * registration waits for in-flight batches and later batches see it) and reads the
-   * subscriptions. Call after BEGIN.
-   */
-  async readSubscriptionsLocked(db: Queryable): Promise<SubscriptionRow[]> {
-    await db.query(`SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))`, [
-      this.subscriptionsLockKey,
-    ]);
-    return this.readSubscriptions(db);
-  }
-
-  /** Every subscription with its consumer's job settings. */
-  async readSubscriptions(db: Queryable): Promise<SubscriptionRow[]> {
-    const res = await db.query<SubscriptionRow>(this.subscriptionsSql());
-    return res.rows;
-  }
-
-  private subscriptionsSql(): string {
-    return `SELECT s.consumer_id, s.channel, s.after_id, c.job_options, c.batch
-         FROM ${this.s}.subscriptions s JOIN ${this.s}.consumers c ON c.id = s.consumer_id
-        ORDER BY s.consumer_id, s.channel`;
-  }
-
-  /**
-   * Claims up to `limit` unbridged rows (skipping rows another listener holds) and marks them
-   * bridged, in the caller's transaction: if the transaction rolls back, they are unbridged again.
-   * `channels` restricts the claim; `minIdExclusive` skips older rows (`--skip-playback`).
-   */
-  async claimBatch(
-    db: Queryable,
-    limit: number,
-    channels: string[] | null,
-    minIdExclusive: string | null,
-  ): Promise<NotificationRow[]> {
-    const res = await db.query<NotificationRow>(this.claimSql('$1', '$2', '$3'), [
-      limit,
-      channels,
-      minIdExclusive,
-    ]);
-    return res.rows;
-  }
-
-  /** The claim statement; the arguments are SQL expressions (parameters or literals). */
-  private claimSql(limit: string, channels: string, minIdExclusive: string): string {
-    // ANY(ARRAY(...)) makes the claimed ids an InitPlan probed through the primary key. A join
-    // with the subquery lets the planner hash-join a sequential scan of the whole table, so
-    // every batch cost grew with the table size (15 ms vs 3 ms per 500 rows at 50k rows).
-    return `UPDATE ${this.s}.notifications n SET bridged_at = clock_timestamp()
-        WHERE n.id = ANY(ARRAY(
-               SELECT id FROM ${this.s}.notifications
-                WHERE bridged_at IS NULL
-                  AND (${channels}::text[] IS NULL OR channel = ANY(${channels}::text[]))
-                  AND (${minIdExclusive}::bigint IS NULL OR id > ${minIdExclusive}::bigint)
-                ORDER BY id LIMIT ${limit}
-                FOR UPDATE SKIP LOCKED))
-        RETURNING n.id, n.channel, n.payload::text AS payload, n.context::text AS context,
-                  n.created_at, n.key, n.traceparent, n.tracestate`;
-  }
-
-  /**
-   * The start of a bridge batch in one round trip instead of four: BEGIN, asynchronous commit for
-   * this transaction, the shared subscriptions lock and the subscriptions
-   * ({@link readSubscriptionsLocked}), and the claim ({@link claimBatch}). The caller adds the
-   * jobs, then COMMITs (or ROLLBACKs). Sent as one simple-protocol query, so the values are
-   * inlined as escaped literals.
-   *
-   * Why asynchronous commit is safe here: Redis already holds the batch's jobs when COMMIT runs.
-   * If Postgres crashes before the commit reaches disk, the rows are unbridged again and the next
-   * claim adds the same job ids, which BullMQ ignores; the commit no longer waits for a WAL flush
-   * (and stops competing with the writers' own flushes).
-   */
-  async beginClaim(
-    client: pg.PoolClient | pg.Client,
-    limit: number,
-    channels: string[] | null,
-    minIdExclusive: string | null,
-  ): Promise<{ subscriptions: SubscriptionRow[]; rows: NotificationRow[] }> {
-    if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`bad claim limit ${limit}`);
-    if (minIdExclusive !== null && !/^\d+$/.test(minIdExclusive)) {
-      throw new RangeError(`bad notification id ${minIdExclusive}`);
-    }
-    const channelList =
-      channels === null ? 'NULL' : `ARRAY[${channels.map((c) => pg.escapeLiteral(c)).join(',')}]`;
-    const results = (await client
-      .query(
-        [
-          'BEGIN',
-          'SET LOCAL synchronous_commit = off',
-          `SELECT pg_advisory_xact_lock_shared(hashtextextended(${pg.escapeLiteral(this.subscriptionsLockKey)}, 0))`,
-          this.subscriptionsSql(),
-          this.claimSql(String(limit), channelList, minIdExclusive ?? 'NULL'),
-        ].join(';\n'),
-      )
-      .catch(async (error: unknown) => {
-        // The session's lock_timeout (src/db/pool.ts) bounds the wait for the shared lock: say
-        // who holds it, so the retry's warning names the session that stops the bridge.
-        await client.query('ROLLBACK').catch(() => undefined);
-        throw await explainLockWait(client, error, SUBSCRIPTIONS_LOCK, this.subscriptionsLockKey);
-      })) as unknown as pg.QueryResult[];
-    return {
-      subscriptions: results[3].rows as SubscriptionRow[],
-      rows: results[4].rows as NotificationRow[],
-    };
-  }
-
-  /**
-   * Extends the wake-up lease (migration 0005) to at least `ms` from now, as its own autocommit
-   * statement: inside a batch transaction its row lock would serialize listeners. While the lease
-   * is live, `notify()` skips `pg_notify`. Returns the new end as text (microseconds kept, for
-   * {@link releaseWakeupLease}).
-   */
-  async extendWakeupLease(db: Queryable, ms: number): Promise<string> {
-    // Committed asynchronously: a lease lost in a Postgres crash only makes writers NOTIFY again,
-    // and waiting for the WAL flush held up the listener's loop for milliseconds twice a second.
-    const res = await db.query<{ until: string }>(
-      `WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true))
-       UPDATE ${this.s}.listener_lease
-          SET awake_until = greatest(awake_until, clock_timestamp() + $1 * interval '1 millisecond')
-         FROM async_commit
-        RETURNING awake_until::text AS until`,
-      [ms],
-    );
-    return res.rows[0]?.until ?? '-infinity';
-  }
-
-  /** Ends the wake-up lease now, unless another listener extended it beyond `until`. */
-  async releaseWakeupLease(db: Queryable, until: string): Promise<void> {
-    await db.query(
-      `UPDATE ${this.s}.listener_lease SET awake_until = '-infinity'
-        WHERE awake_until <= $1::timestamptz`,
-      [until],
-    );
-  }
-
-  /** Highest notification id stored so far ('0' when none). */
-  async maxNotificationId(db: Queryable): Promise<string> {
-    const res = await db.query<{ id: string | null }>(
-      `SELECT max(id)::text AS id FROM ${this.s}.notifications`,
-    );
-    return res.rows[0].id ?? '0';
-  }
-
-  /**
    * Registers (or updates) consumers and their subscriptions. Runs under the subscriptions lock
    * in exclusive mode, so no bridge batch is in flight while it changes and every later batch
    * sees the new subscriptions. Registration only ever adds: a subscription the definition does
@@ -267,8 +79,11 @@ export class Store {
       await client.query(`SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, [
         this.subscriptionsLockKey,
       ]);
-      const maxId = await this.maxNotificationId(client);
-      for (const c of consumers) results.push(await registerOne(client, this.schema, c, maxId));
+      // One statement: the newest id and the snapshot it was read in (commit order, 0007).
+      const { maxId, snapshot } = await this.boundary(client);
+      for (const c of consumers) {
+        results.push(await registerOne(client, this.schema, c, maxId, snapshot));
+      }
       await client.query('COMMIT');
       return results;
     } catch (error) {
@@ -318,15 +133,5 @@ export class Store {
       [consumerId, ids],
     );
     return new Set(res.rows.map((r) => r.id));
-  }
-
-  /** Unbridged rows and the age in seconds of the oldest one. */
-  async backlog(db: Queryable): Promise<{ count: number; oldestAgeSeconds: number | null }> {
-    const res = await db.query<{ count: string; age: number | null }>(
-      `SELECT count(*)::bigint AS count,
-              extract(epoch FROM now() - min(created_at))::float8 AS age
-         FROM ${this.s}.notifications WHERE bridged_at IS NULL`,
-    );
-    return { count: Number(res.rows[0].count), oldestAgeSeconds: res.rows[0].age };
   }
 }

@@ -1,8 +1,12 @@
 import { Job, type Queue } from 'bullmq';
 import { jobDataFor, jobIdFor, type PlannedJob } from '../bridge/plan.js';
 import type { NotificationJobData } from '../consume/notification.js';
-import type { ReconcileCounts, ReconcileDeps, ReconcileScope } from './reconcile.js';
-import { REDIS_STEP_TIMEOUT_MS } from './job-presence.js';
+import {
+  REDIS_STEP_TIMEOUT_MS,
+  type ReconcileCounts,
+  type ReconcileDeps,
+  type ReconcileScope,
+} from './context.js';
 import { errorMessage, withTimeout } from '../util.js';
 
 const JOB_ID = /^n(\d+)$/;

@@ -49,7 +49,7 @@ async function addJobsAsADyingListenerWould(): Promise<number> {
     `SELECT id::text, channel, payload::text AS payload, context::text AS context, created_at
        FROM "${t.schema}".notifications WHERE bridged_at IS NULL ORDER BY id`,
   );
-  const plan = planJobs(rows, await store.readSubscriptions(t.pool));
+  const plan = planJobs(rows, await store.readSubscriptions(t.pool)).jobs;
   const jobs = plan.get('readd') ?? [];
   const queue = new Queue('readd', { connection: t.redis, prefix: t.prefix });
   try {

@@ -117,7 +117,7 @@ export default [
     expect(
       await scalar(
         `SELECT count(*)::int AS n FROM "${t.schema}".subscriptions
-          WHERE playback_through_id > after_id`,
+          WHERE greatest(after_id, playback_cursor) < playback_through_id`,
       ),
     ).toBe(0);
     const result = await runCli(['reconcile', '--json'], { env: t.env });

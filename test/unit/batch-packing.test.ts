@@ -43,7 +43,7 @@ describe('batchJobIdFor', () => {
 describe('packBatches', () => {
   it('packs a batch consumer in id order and leaves the others one job per notification', () => {
     const subs = [sub('index', { size: 4, maxWaitMs: 0 }), sub('mail')];
-    const plan = packBatches(planJobs(rows(1, 10), subs), subs);
+    const plan = packBatches(planJobs(rows(1, 10), subs).jobs, subs);
     expect(plan.get('mail')!.map((j) => j.opts.jobId)).toEqual(rows(1, 10).map((r) => `n${r.id}`));
     const index = plan.get('index')!;
     expect(index.map((j) => (j.data as BatchJobData).batch.map((e) => e.id))).toEqual([
@@ -60,11 +60,13 @@ describe('packBatches', () => {
   it('keeps a group of one as the notification job (exact dedupe)', () => {
     const subs = [sub('index', { size: 4, maxWaitMs: 0 })];
     expect(
-      packBatches(planJobs(rows(1, 5), subs), subs)
+      packBatches(planJobs(rows(1, 5), subs).jobs, subs)
         .get('index')!
         .at(-1)!.opts.jobId,
     ).toBe('n5');
-    expect(packBatches(planJobs(rows(7, 7), subs), subs).get('index')![0].opts.jobId).toBe('n7');
+    expect(packBatches(planJobs(rows(7, 7), subs).jobs, subs).get('index')![0].opts.jobId).toBe(
+      'n7',
+    );
   });
 });
 

@@ -61,7 +61,7 @@ describe('planJobs', () => {
       sub('mailer', 'users'),
       sub('billing', 'orders'),
     ];
-    const plan = planJobs(rows, subs);
+    const plan = planJobs(rows, subs).jobs;
     const ids = (consumer: string) => plan.get(consumer)?.map((j) => j.opts.jobId);
     expect(ids('audit')).toEqual(['n1', 'n2', 'n3']);
     expect(ids('mailer')).toEqual(['n2']);
@@ -78,7 +78,7 @@ describe('planJobs', () => {
         sub('a', 'orders', { attempts: 3, backoff: { type: 'fixed', delay: 10 } }),
         sub('b', 'orders', { attempts: 1, jobId: 'must-be-overridden' }),
       ],
-    );
+    ).jobs;
     const [a] = plan.get('a')!;
     const [b] = plan.get('b')!;
     expect(a.name).toBe('orders');
@@ -88,12 +88,12 @@ describe('planJobs', () => {
   });
 
   it('returns an empty plan without subscriptions or rows', () => {
-    expect(planJobs(rows, []).size).toBe(0);
-    expect(planJobs([], [sub('a', 'orders')]).size).toBe(0);
+    expect(planJobs(rows, []).jobs.size).toBe(0);
+    expect(planJobs([], [sub('a', 'orders')]).jobs.size).toBe(0);
   });
 
   it('marks replayed jobs', () => {
-    const plan = planJobs([row('1', 'orders')], [sub('a', 'orders')], true);
+    const plan = planJobs([row('1', 'orders')], [sub('a', 'orders')], { replay: true }).jobs;
     expect(plan.get('a')![0].data.replay).toBe(true);
   });
 });
@@ -120,7 +120,9 @@ describe('payloads by reference', () => {
 
   it('shares one reference among every consumer of the row', () => {
     const big = JSON.stringify({ text: 'y'.repeat(5000) });
-    const plan = planJobs([row('5', 'c', big)], [sub('a', 'c'), sub('b', 'c')], false, 4096);
+    const plan = planJobs([row('5', 'c', big)], [sub('a', 'c'), sub('b', 'c')], {
+      inlinePayloadLimit: 4096,
+    }).jobs;
     for (const consumer of ['a', 'b']) {
       const [job] = plan.get(consumer) ?? [];
       expect(job.data.payloadRef).toBe(true);

@@ -86,7 +86,7 @@ describe('planJobs and subscription start', () => {
   }));
 
   it('gives a subscription only rows after its after_id (compared as numbers)', () => {
-    const plan = planJobs(rows, [sub('all', '0'), sub('late', '9')], true);
+    const plan = planJobs(rows, [sub('all', '0'), sub('late', '9')], { replay: true }).jobs;
     expect(plan.get('all')!.map((j) => j.opts.jobId)).toEqual(['n9', 'n10', 'n11']);
     expect(plan.get('late')!.map((j) => j.opts.jobId)).toEqual(['n10', 'n11']);
     expect(plan.get('late')![0].data.replay).toBe(true);
