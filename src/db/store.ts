@@ -93,7 +93,8 @@ export class Store extends BridgeStore {
   }
 
   /**
-   * Records final outcomes in the delivery ledger, in one statement. Later outcomes win.
+   * Records final outcomes in the delivery ledger, in one statement. Later outcomes win, except
+   * that a failure never replaces a completion or a skip.
    *
    * Committed synchronously, unlike the bridge's batches: an outcome lost in a Postgres crash
    * after this returned is never written again (the worker no longer holds it), and with the job
@@ -112,7 +113,11 @@ export class Store extends BridgeStore {
        SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::int[], $5::text[])
        ON CONFLICT (consumer_id, notification_id) DO UPDATE
          SET status = EXCLUDED.status, attempts = EXCLUDED.attempts,
-             last_error = EXCLUDED.last_error, finished_at = now()`,
+             last_error = EXCLUDED.last_error, finished_at = now()
+         -- A failure never overwrites a completion (or a skip): a twin run of the delivery (a
+         -- duplicate job) that failed after another committed must not make it look owed again,
+         -- or reconcile --failed would run a transactional consumer's effect a second time.
+         WHERE EXCLUDED.status = 'completed' OR d.status NOT IN ('completed', 'skipped')`,
       [
         rows.map((o) => o.consumerId),
         rows.map((o) => o.notificationId),

@@ -69,4 +69,35 @@ describe('LedgerWriter', () => {
     ]);
     expect(logged.join('')).toMatch(/the delivery ledger refused an outcome; dropped it/);
   });
+
+  it('never lets a failure replace a completion or a skip; a completion replaces a failure', async () => {
+    const store = new Store(t.schema);
+    const outcome = (id: string, status: 'completed' | 'failed') => ({
+      consumerId: 'order',
+      notificationId: id,
+      status,
+      attempts: 1,
+      lastError: status === 'failed' ? 'boom' : null,
+    });
+    await t.pool.query(
+      `INSERT INTO "${t.schema}".deliveries (consumer_id, notification_id, status, attempts)
+       VALUES ('order', 12, 'skipped', 5)`,
+    );
+    await store.recordOutcomes(t.pool, [outcome('10', 'completed'), outcome('11', 'failed')]);
+    // A twin run (a duplicate job) that failed after the other completed, and the reverse.
+    await store.recordOutcomes(t.pool, [
+      outcome('10', 'failed'),
+      outcome('11', 'completed'),
+      outcome('12', 'failed'),
+    ]);
+    const { rows } = await t.pool.query(
+      `SELECT notification_id::text AS id, status FROM "${t.schema}".deliveries
+        WHERE consumer_id = 'order' ORDER BY notification_id`,
+    );
+    expect(rows).toEqual([
+      { id: '10', status: 'completed' },
+      { id: '11', status: 'completed' },
+      { id: '12', status: 'skipped' },
+    ]);
+  });
 });
