@@ -23,13 +23,16 @@ export function deadLetterModeOf(def: Pick<ConsumerOptions, 'ordered'>): DeadLet
   return ordered.onDeadLetter ?? 'block';
 }
 
-/** First re-check of a waiting notification, doubled on each further wait. */
-export const FIRST_WAIT_MS = 500;
 /**
- * Longest wait between two checks. Only a safety net: a notification is promoted as soon as the
- * one before it finishes; the wait matters only when that promotion was lost (a worker killed
- * between its ledger write and the promotion, a Redis blip).
+ * First re-check of a waiting notification, doubled on each further wait up to
+ * {@link MAX_WAIT_MS}. Long on purpose: a waiting notification is promoted the moment the one
+ * before it finishes (and looks again right after it moved to the delayed set, which closes the
+ * race with that promotion), so the wait is only a safety net for a promotion lost to a Redis or
+ * Postgres error. Short waits made every queued notification of a busy key come back again and
+ * again for nothing: 10 keys drained at 60/s with 0.5 s, against 875/s unordered.
  */
+export const FIRST_WAIT_MS = 5000;
+/** Longest wait between two checks (see {@link FIRST_WAIT_MS}). */
 export const MAX_WAIT_MS = 60_000;
 
 /**
@@ -37,7 +40,7 @@ export const MAX_WAIT_MS = 60_000;
  * that the notifications queued behind one key do not all wake in the same millisecond.
  */
 export function waitMs(waits: number, random = Math.random): number {
-  const base = Math.min(MAX_WAIT_MS, FIRST_WAIT_MS * 2 ** Math.min(waits, 20));
+  const base = Math.min(MAX_WAIT_MS, FIRST_WAIT_MS * 2 ** Math.min(waits, 10));
   return Math.round(base * (0.75 + random() / 2));
 }
 
@@ -144,7 +147,7 @@ export class KeyGate {
     }
     if (this.isClear(prev)) return;
     // A dead letter ahead: only a replay or a skip releases it, and both promote us.
-    const waits = prev?.status === 'failed' ? 20 : waitsOf(job);
+    const waits = prev?.status === 'failed' ? 10 : waitsOf(job);
     await this.wait(job, token, waitMs(waits));
     // The predecessor may have finished between our look and the move, and its promotion then
     // found us still active: look once more now that we are in the delayed set.

@@ -157,6 +157,45 @@ export class OrderingSql {
     return new Map(modes.rows.map((r) => [r.id, { mode: r.ordered, blocked: byId.get(r.id) }]));
   }
 
+  /** Up to `limit` blocked heads (oldest first) of every `'block'` consumer, for the board. */
+  async blockedHeads(
+    db: Queryable,
+    limit: number,
+  ): Promise<
+    {
+      consumerId: string;
+      key: string;
+      notificationId: string;
+      failedAt: Date;
+      lastError: string | null;
+    }[]
+  > {
+    const res = await db.query<{
+      consumer_id: string;
+      key: string;
+      notification_id: string;
+      finished_at: Date;
+      last_error: string | null;
+    }>(
+      `SELECT d.consumer_id, n.key, d.notification_id::text AS notification_id, d.finished_at,
+              d.last_error
+         FROM ${this.s}.deliveries d
+         JOIN ${this.s}.consumers c ON c.id = d.consumer_id AND c.ordered = 'block'
+         JOIN ${this.s}.notifications n ON n.id = d.notification_id AND n.key IS NOT NULL
+        WHERE d.status = 'failed'
+        ORDER BY d.consumer_id, d.notification_id
+        LIMIT $1`,
+      [limit],
+    );
+    return res.rows.map((r) => ({
+      consumerId: r.consumer_id,
+      key: r.key,
+      notificationId: r.notification_id,
+      failedAt: r.finished_at,
+      lastError: r.last_error,
+    }));
+  }
+
   /**
    * Every consumer ordered with `onDeadLetter: 'block'`, with the keys its dead letters block.
    * A keyed dead letter of such a consumer is always the head of its key (nothing later of the

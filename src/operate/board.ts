@@ -11,6 +11,7 @@ import { OperationsQueries } from '../db/operations.js';
 import { UsageError } from '../errors.js';
 import { redactSecrets, silentLogger, type Logger } from '../log.js';
 import { Metrics } from './metrics.js';
+import { blockedKeysHandler } from './board-blocked-keys.js';
 import { closeRedis, createRedis, type RedisConnection, type RedisSettings } from '../redis.js';
 import { queueFigures } from './status.js';
 import { errorMessage, withTimeout } from '../util.js';
@@ -118,7 +119,15 @@ export function createBoardRouter(options: BoardOptions): BoardRouter {
   const board = createBullBoard({
     queues: [],
     serverAdapter,
-    options: { uiConfig: { boardTitle: 'pgq-bridge' } },
+    options: {
+      uiConfig: {
+        boardTitle: 'pgq-bridge',
+        // Ordered consumers' blocked keys (board-blocked-keys.ts), linked from the header.
+        miscLinks: [
+          { text: 'Blocked keys', url: `${basePath === '/' ? '' : basePath}/blocked-keys` },
+        ],
+      },
+    },
   });
 
   const ownMetrics = options.metrics === undefined;
@@ -204,6 +213,7 @@ export function createBoardRouter(options: BoardOptions): BoardRouter {
         .send(`${errorMessage(error)}\n`);
     }
   });
+  router.get('/blocked-keys', blockedKeysHandler(pool, settings.schema));
   router.use(async (_req, _res, next) => {
     if (Date.now() - refreshedAt > staleAfter) await refresh();
     next();

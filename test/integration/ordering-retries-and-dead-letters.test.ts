@@ -13,6 +13,7 @@ import {
   PermanentError,
   reconcile,
   skipDelivery,
+  startBoard,
   status,
   type Listener,
   type Notification,
@@ -173,6 +174,23 @@ describe('an ordered consumer', () => {
       count: 1,
       oldest: expect.objectContaining({ key: 'A', notificationId: a2 }),
     });
+    // The board lists it on its blocked-keys page, linked from the header.
+    const board = await startBoard({ settings: apiSettings(t), port: 0, host: '127.0.0.1' });
+    try {
+      const json = (await (await fetch(`${board.url}blocked-keys?format=json`)).json()) as {
+        consumers: { id: string; count: number }[];
+        heads: { consumerId: string; key: string; notificationId: string }[];
+      };
+      expect(json.consumers).toContainEqual(expect.objectContaining({ id: 'blocking', count: 1 }));
+      expect(json.heads).toContainEqual(
+        expect.objectContaining({ consumerId: 'blocking', key: 'A', notificationId: a2 }),
+      );
+      const html = await (await fetch(`${board.url}blocked-keys`)).text();
+      expect(html).toContain(`pgq-bridge consumers skip blocking ${a2}`);
+      expect(await (await fetch(board.url)).text()).toContain('/blocked-keys');
+    } finally {
+      await board.close();
+    }
     poison = false;
     const result = await reconcile({
       settings: apiSettings(t),
