@@ -185,7 +185,8 @@ describe('every command refuses bad arguments: exit 2, a clear message, nothing 
         `${s}.canary`,
       ]),
     ).toBe(0);
-  });
+    // About 60 CLI processes one after another: a minute on a busy 2-core machine.
+  }, 180_000);
 
   it('a unicode table name works when quoted: the trigger is installed, fires and is listed', async () => {
     const table = 'Zähler ✓ 表';
