@@ -95,7 +95,7 @@ const JOB_OPTIONS = {
 };
 
 /** Runs the CLI in a child, measuring its peak RSS; resolves with its summary and figures. */
-async function runReconcileCli(
+export async function runReconcileCli(
   args: string[],
   env: NodeJS.ProcessEnv,
 ): Promise<{ summary: Record<string, number>; wallMs: number; peakRssMb: number }> {

@@ -3,13 +3,18 @@ import { createListener } from '../bridge/listener.js';
 import { UsageError } from '../errors.js';
 import { reconcile } from '../recover/reconcile.js';
 import { serveMetrics } from './serve-metrics.js';
+import { sinceArgument } from './reconcile.js';
 import { commandContext, list, nonNegativeNumber, positiveInt, runUntilSignal } from './context.js';
+
+/** What `listen --recover` verifies by default: the rows of the last 24 hours. */
+const RECOVER_WINDOW_MS = 24 * 3600 * 1000;
 
 interface ListenFlags {
   channels?: string[];
   batchSize?: number;
   skipPlayback?: boolean;
   recover?: boolean;
+  recoverSince?: Date | 'all';
   reconnectDelay?: number;
   pollInterval?: number;
   enqueueTimeout?: number;
@@ -30,6 +35,11 @@ export function registerListen(program: Command): void {
     .option(
       '--recover',
       'first run `reconcile --verify` (unbridged rows, playback, jobs lost from Redis)',
+    )
+    .option(
+      '--recover-since <time>',
+      'what --recover verifies: rows created since (ISO time or age; `all`: the whole table)',
+      (v: string) => (v === 'all' ? 'all' : sinceArgument(v)),
     )
     .option(
       '--reconnect-delay <seconds>',
@@ -58,9 +68,16 @@ export function registerListen(program: Command): void {
       const { config, log } = await commandContext(command);
       if (opts.recover) {
         // The same path as `reconcile --verify`, restricted to the channels this listener serves.
+        // Bounded by default: a listener start should cost the recent rows, not the table. Jobs
+        // lost longer ago need an explicit `reconcile --verify` (or --recover-since all).
+        const since =
+          opts.recoverSince === 'all'
+            ? undefined
+            : (opts.recoverSince ?? new Date(Date.now() - RECOVER_WINDOW_MS));
         const result = await reconcile({
           settings: config,
           channels: opts.channels,
+          since,
           verify: true,
           batchSize: Math.max(opts.batchSize ?? 500, 1000),
           logger: log,

@@ -156,6 +156,20 @@ export class RecoveryStore {
   }
 
   /**
+   * The highest id of a row created before `cutoff` (null: none), read once per cleanup run:
+   * cleanup walks past pages without old rows up to it, for rows whose created_at does not follow
+   * their id (a bulk load with old timestamps). The BRIN index of 0011 keeps it to the block
+   * ranges of old rows.
+   */
+  async lastIdBefore(db: Queryable, cutoff: string): Promise<string | null> {
+    const res = await db.query<{ id: string | null }>(
+      `SELECT max(id)::text AS id FROM ${this.s}.notifications WHERE created_at < $1::timestamptz`,
+      [cutoff],
+    );
+    return res.rows[0].id;
+  }
+
+  /**
    * One cleanup batch: the next `limit` rows by id (keyset after `afterId`, a plain range of the
    * primary key), of which those created before `cutoff` and bridged are examined: the finished
    * ones are deleted with their ledger rows (or only

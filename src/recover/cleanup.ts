@@ -75,9 +75,10 @@ export async function cleanup(options: CleanupOptions): Promise<CleanupResult> {
   const started = Date.now();
   try {
     const cutoff = await recovery.cutoff(client, days);
+    const lastOld = await recovery.lastIdBefore(client, cutoff.text);
     const totals = { scanned: 0, deleted: 0, ledgerRowsDeleted: 0 };
     let afterId = '0';
-    while (!options.signal?.aborted) {
+    while (lastOld !== null && !options.signal?.aborted) {
       await client.query('BEGIN');
       let batch;
       try {
@@ -103,10 +104,10 @@ export async function cleanup(options: CleanupOptions): Promise<CleanupResult> {
       totals.deleted += batch.deleted;
       totals.ledgerRowsDeleted += batch.ledgerRows;
       log.debug({ ...batch, dryRun }, 'cleanup batch');
-      // created_at follows id: a page with no old row is past the cutoff. A row of a transaction
-      // that started before the cutoff and inserted more than a page later is left for the next
-      // run (whose cutoff is later): cleanup is retention, a late row costs nothing but space.
-      if (batch.pageRows < batchSize || batch.oldRows === 0) break;
+      // Past the last row older than the cutoff every row is newer: the walk ends there, so
+      // cleanup costs the old part of the table, not all of it (a row committed meanwhile with
+      // an old time and a higher id waits for the next run).
+      if (batch.pageRows < batchSize || BigInt(afterId) >= BigInt(lastOld)) break;
     }
     const result: CleanupResult = {
       ...totals,
