@@ -1,7 +1,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import pg from 'pg';
 import type { TriggerEvent } from '../db/triggers.js';
-import { parseIdentifierList } from '../produce/table-name.js';
+import { parseColumnNames, splitIdentifierList } from '../produce/table-name.js';
 import {
   addTrigger,
   listTriggers,
@@ -19,10 +19,13 @@ interface AddFlags {
   printSql?: boolean;
 }
 
-/** `--columns` keeps Postgres' quoting rules, so `"Total, gross"` is one column. */
+/**
+ * `--columns` keeps Postgres' quoting rules, so `"Total, gross"` is one column: split here at the
+ * commas outside quotes, each name read by Postgres (parse_ident) once connected.
+ */
 function columnList(value: string, previous: string[] | undefined): string[] {
   try {
-    return [...(previous ?? []), ...parseIdentifierList(value)];
+    return [...(previous ?? []), ...splitIdentifierList(value)];
   } catch (error) {
     throw new InvalidArgumentError((error as Error).message);
   }
@@ -82,13 +85,13 @@ export function registerTriggers(program: Command): void {
     )
     .option('--print-sql', 'print the SQL instead of running it (for your own migrations)')
     .action(async (name: string, opts: AddFlags, command: Command) => {
-      const options = {
-        channel: opts.channel,
-        events: opts.events?.map((e) => e.toLowerCase() as TriggerEvent),
-        columns: opts.columns,
-        when: opts.when,
-      };
       await withDatabase(command, async (client, schema) => {
+        const options = {
+          channel: opts.channel,
+          events: opts.events?.map((e) => e.toLowerCase() as TriggerEvent),
+          columns: opts.columns ? await parseColumnNames(client, opts.columns) : undefined,
+          when: opts.when,
+        };
         if (opts.printSql) {
           process.stdout.write(await triggerSql(client, name, { ...options, schema }));
           return;

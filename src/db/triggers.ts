@@ -1,8 +1,31 @@
 import { createHash } from 'node:crypto';
 import pg from 'pg';
 import { quoteIdent } from '../identifiers.js';
-import type { QualifiedName } from '../produce/table-name.js';
 import type { Queryable } from './store.js';
+
+/** A table name as written by a user: `users`, `public.users`, `"Sales"."Order Items"`. */
+export interface QualifiedName {
+  /** The schema, or null when the name was not qualified (Postgres' search_path decides). */
+  schema: string | null;
+  name: string;
+}
+
+/** SQLSTATE parse_ident() raises for text that is no identifier. */
+const INVALID_PARAMETER_VALUE = '22023';
+
+/**
+ * Postgres' reading of a dotted name (`parse_ident()`: quoting, case folding), or null when the
+ * text is no identifier.
+ */
+export async function identifierParts(db: Queryable, text: string): Promise<string[] | null> {
+  try {
+    const res = await db.query<{ parts: string[] }>(`SELECT parse_ident($1) AS parts`, [text]);
+    return res.rows[0].parts;
+  } catch (error) {
+    if ((error as { code?: unknown }).code === INVALID_PARAMETER_VALUE) return null;
+    throw error;
+  }
+}
 
 /** Row events a data-change trigger can fire on. */
 export type TriggerEvent = 'insert' | 'update' | 'delete';
@@ -137,6 +160,19 @@ export async function triggerFunctionExists(db: Queryable, pgqSchema: string): P
     functionSignature(pgqSchema),
   ]);
   return res.rows[0]?.fn != null;
+}
+
+/**
+ * Inside a transaction that will be rolled back: a do-nothing `<schema>.notify_data_change()`
+ * (and its schema), so that `triggers add --print-sql` can have Postgres check the triggers it
+ * prints before pgq-bridge is installed.
+ */
+export async function createStandIn(db: Queryable, pgqSchema: string): Promise<void> {
+  await db.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(pgqSchema)}`);
+  await db.query(
+    `CREATE FUNCTION ${functionSignature(pgqSchema)} RETURNS trigger LANGUAGE plpgsql
+       AS $fn$ BEGIN RETURN NULL; END $fn$`,
+  );
 }
 
 /**

@@ -8,6 +8,7 @@ import {
   qualifiedTable,
   resolveTable,
   runSingleStatement,
+  createStandIn,
   triggerFunctionExists,
   triggerName,
   type InstalledTrigger,
@@ -49,8 +50,8 @@ export interface AddTriggerOptions extends TriggerTargetOptions {
  */
 export type TableRef = string | QualifiedName;
 
-function toQualifiedName(table: TableRef): QualifiedName {
-  if (typeof table === 'string') return parseQualifiedName(table);
+async function toQualifiedName(db: Queryable, table: TableRef): Promise<QualifiedName> {
+  if (typeof table === 'string') return parseQualifiedName(db, table);
   if (!table || typeof table.name !== 'string' || table.name === '') {
     throw new UsageError('table must be a name or { schema, name }', 'PGQ_INVALID_NAME');
   }
@@ -126,7 +127,7 @@ async function inTransaction<T>(db: Queryable, fn: (client: Queryable) => Promis
 }
 
 async function findTable(db: Queryable, table: TableRef): Promise<ResolvedTable> {
-  const name = toQualifiedName(table);
+  const name = await toQualifiedName(db, table);
   const found = await resolveTable(db, name);
   if (!found) {
     throw new PgqError('PGQ_TABLE_NOT_FOUND', `table ${describeName(name)} does not exist`);
@@ -163,6 +164,42 @@ function explainCreateError(error: unknown, table: ResolvedTable): unknown {
 }
 
 /**
+ * Replaces the table's `notify_data_change` triggers of this schema by the planned ones, inside
+ * the caller's transaction, and checks what Postgres made of them: the checks `triggers add` and
+ * `triggers add --print-sql` share, so the printed SQL is only ever SQL that `add` accepts.
+ */
+async function replaceTriggers(
+  client: Queryable,
+  schema: string,
+  target: ResolvedTable,
+  spec: TriggerSpec,
+): Promise<InstalledTrigger[]> {
+  await lockTableForTriggers(client, target);
+  for (const existing of await listInstalledTriggers(client, schema, target.oid)) {
+    await client.query(dropTriggerSql(existing));
+  }
+  const planned = planTriggers(schema, target, spec);
+  for (const trigger of planned) {
+    try {
+      await runSingleStatement(client, trigger.sql);
+    } catch (error) {
+      throw explainCreateError(error, target);
+    }
+  }
+  const installed = await listInstalledTriggers(client, schema, target.oid);
+  // A condition is free SQL: make sure it could not turn a trigger into a call of something else.
+  const names = installed.map((t) => t.trigger).sort();
+  const expected = planned.map((t) => t.name).sort();
+  if (names.join('\0') !== expected.join('\0')) {
+    throw new UsageError(
+      `--when changed the trigger's shape (expected triggers ${expected.join(', ')}); refusing it`,
+      'PGQ_INVALID_TRIGGER',
+    );
+  }
+  return installed;
+}
+
+/**
  * Installs `AFTER ... FOR EACH ROW` triggers that call `<schema>.notify_data_change()` on a table
  * (the `triggers add` command). Replaces any `notify_data_change` trigger of this schema already
  * on the table, so running it again with other options updates it. Runs in its own transaction:
@@ -182,36 +219,20 @@ export async function addTrigger(
   return inTransaction(db, async (client) => {
     await assertMigrated(client, schema);
     const target = await findTable(client, table);
-    await lockTableForTriggers(client, target);
-    for (const existing of await listInstalledTriggers(client, schema, target.oid)) {
-      await client.query(dropTriggerSql(existing));
-    }
-    const planned = planTriggers(schema, target, spec);
-    for (const trigger of planned) {
-      try {
-        await runSingleStatement(client, trigger.sql);
-      } catch (error) {
-        throw explainCreateError(error, target);
-      }
-    }
-    const installed = await listInstalledTriggers(client, schema, target.oid);
-    // A condition is free SQL: make sure it could not turn a trigger into a call of something else.
-    const names = installed.map((t) => t.trigger).sort();
-    const expected = planned.map((t) => t.name).sort();
-    if (names.join('\0') !== expected.join('\0')) {
-      throw new UsageError(
-        `--when changed the trigger's shape (expected triggers ${expected.join(', ')}); refusing it`,
-        'PGQ_INVALID_TRIGGER',
-      );
-    }
-    return installed;
+    return replaceTriggers(client, schema, target, spec);
   });
 }
 
 /**
  * The SQL {@link addTrigger} would run, for users who keep triggers in their own migrations:
  * drops of the trigger names pgq-bridge uses, then the CREATE TRIGGER statements. Reads the
- * table's primary key from the database.
+ * table's primary key from the database, and checks the triggers exactly as `addTrigger` does,
+ * by creating them in a transaction that is always rolled back (briefly locking the table as
+ * `addTrigger` would): a condition `addTrigger` refuses is refused here too. When pgq-bridge is
+ * not installed yet, a stand-in `notify_data_change()` is created in that transaction, so the
+ * SQL can be printed before `migrate` runs. Pass a Pool or a client outside a transaction.
+ *
+ * @throws the errors of {@link addTrigger} (but never `PGQ_NOT_MIGRATED`)
  */
 export async function triggerSql(
   db: Queryable,
@@ -220,14 +241,23 @@ export async function triggerSql(
 ): Promise<string> {
   const schema = options.schema ?? 'pgq_bridge';
   const spec = triggerSpec(options);
-  const target = await findTable(db, table);
-  const where = qualifiedTable(target.schema, target.name);
-  const lines = [`-- pgq-bridge: data-change triggers on ${where} (channel ${spec.channel})`];
-  for (const event of TRIGGER_EVENTS) {
-    lines.push(`DROP TRIGGER IF EXISTS ${quoteIdent(triggerName(schema, event))} ON ${where};`);
-  }
-  for (const trigger of planTriggers(schema, target, spec)) lines.push(`${trigger.sql};`);
-  return lines.join('\n') + '\n';
+  return onOneConnection(db, async (client) => {
+    await client.query('BEGIN');
+    try {
+      if (!(await triggerFunctionExists(client, schema))) await createStandIn(client, schema);
+      const target = await findTable(client, table);
+      await replaceTriggers(client, schema, target, spec);
+      const where = qualifiedTable(target.schema, target.name);
+      const lines = [`-- pgq-bridge: data-change triggers on ${where} (channel ${spec.channel})`];
+      for (const event of TRIGGER_EVENTS) {
+        lines.push(`DROP TRIGGER IF EXISTS ${quoteIdent(triggerName(schema, event))} ON ${where};`);
+      }
+      for (const trigger of planTriggers(schema, target, spec)) lines.push(`${trigger.sql};`);
+      return lines.join('\n') + '\n';
+    } finally {
+      await client.query('ROLLBACK').catch(() => undefined);
+    }
+  });
 }
 
 /**

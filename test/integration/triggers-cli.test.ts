@@ -207,17 +207,48 @@ describe('bad input', () => {
     ],
   ];
   for (const [what, flags, message] of cases) {
-    it(`${what} is a usage error and installs nothing`, async () => {
-      const result = await runCli(['triggers', 'add', `${t.schema}.users`, ...flags], {
-        env: t.env,
+    // --print-sql refuses what `add` refuses: it has Postgres check the triggers it prints.
+    for (const printSql of [[], ['--print-sql']]) {
+      it(`${what} is a usage error and installs nothing ${printSql.join(' ')}`, async () => {
+        const result = await runCli(
+          ['triggers', 'add', `${t.schema}.users`, ...flags, ...printSql],
+          { env: t.env },
+        );
+        expect(result.code, result.stderr).toBe(2);
+        expect(result.stderr).toMatch(message);
+        expect(result.stdout).toBe('');
+        expect(await catalog()).toEqual([]);
       });
-      expect(result.code, result.stderr).toBe(2);
-      expect(result.stderr).toMatch(message);
-      expect(await catalog()).toEqual([]);
-    });
+    }
   }
 
-  it('a malicious table name is refused before reaching the database', async () => {
+  it('--print-sql works before migrate and leaves nothing behind', async () => {
+    const other = createTestEnv();
+    try {
+      const result = await runCli(
+        ['triggers', 'add', `${t.schema}.users`, '--events', 'update', '--print-sql'],
+        { env: other.env },
+      );
+      expect(result.code, result.stderr).toBe(0);
+      expect(result.stdout).toContain(
+        `CREATE TRIGGER "pgq_bridge_${other.schema}_update" AFTER UPDATE ON ${s}."users"`,
+      );
+      const { rows } = await t.pool.query(`SELECT 1 FROM pg_namespace WHERE nspname = $1`, [
+        other.schema,
+      ]);
+      expect(rows).toEqual([]);
+      const refused = await runCli(
+        ['triggers', 'add', `${t.schema}.users`, '--when', 'OLD.nope', '--print-sql'],
+        { env: other.env },
+      );
+      expect(refused.code).toBe(2);
+      expect(refused.stderr).toMatch(/cannot create the trigger.*column old\.nope does not exist/);
+    } finally {
+      await other.cleanup();
+    }
+  });
+
+  it('a malicious table name is refused: Postgres parses it as a bound parameter', async () => {
     const result = await runCli(
       ['triggers', 'add', `${t.schema}.users; DROP TABLE ${t.schema}.victim`],
       { env: t.env },
