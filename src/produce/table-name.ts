@@ -19,7 +19,9 @@ async function partsOf(db: Queryable, input: string, what: string): Promise<stri
   if (input.includes('\0')) fail('identifiers cannot contain NUL');
   const parts = await identifierParts(db, input);
   if (parts === null) {
-    fail('not an identifier (quote names with special characters: "My Table")');
+    fail(
+      'Postgres: string is not a valid identifier (quote names with special characters: "My Table")',
+    );
   }
   for (const part of parts!) {
     if (Buffer.byteLength(part) > MAX_IDENTIFIER_BYTES) {
