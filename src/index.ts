@@ -5,7 +5,6 @@
 export { notify, type NotifyOptions } from './produce/notify.js';
 export {
   defineConsumer,
-  loadConsumersDir,
   type ConsumerDefinition,
   type ConsumerOptions,
   type SingleConsumerDefinition,
@@ -19,6 +18,7 @@ export {
   type ChannelRef,
   type PayloadOfChannels,
 } from './consume/consumers.js';
+export { loadConsumersDir } from './consume/consumers-dir.js';
 export type { Notification, Change } from './consume/notification.js';
 export type { HandlerContext, TransactionalHandlerContext } from './consume/attempt.js';
 export {
@@ -58,7 +58,8 @@ export {
 export { migrate, migrationScript, type MigrateOptions, type MigrateResult } from './db/migrate.js';
 export { createListener, type Listener, type ListenerOptions } from './bridge/listener.js';
 export { jobIdFor } from './bridge/plan.js';
-export { createWorker, type PgqWorker, type WorkerOptions } from './consume/worker.js';
+export { createWorker } from './consume/worker.js';
+export type { PgqWorker, WorkerOptions } from './consume/worker-options.js';
 export { reconcile, type ReconcileOptions, type ReconcileResult } from './recover/reconcile.js';
 export { cleanup, type CleanupOptions, type CleanupResult } from './recover/cleanup.js';
 export { createLogger, type Logger } from './log.js';
@@ -98,12 +99,11 @@ export {
 } from './operate/supervisor.js';
 export {
   Metrics,
-  startMetricsServer,
   type MetricsOptions,
-  type MetricsServerOptions,
   type BatchEvent,
   type JobOutcome,
 } from './operate/metrics.js';
+export { startMetricsServer, type MetricsServerOptions } from './operate/metrics-server.js';
 export {
   createBoardRouter,
   startBoard,

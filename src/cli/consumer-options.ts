@@ -1,11 +1,8 @@
 import type { Command } from 'commander';
 import type { ResolvedConfig } from '../config.js';
-import {
-  loadConsumersDir,
-  selectConsumers,
-  validateConsumers,
-  type ConsumerDefinition,
-} from '../consume/consumers.js';
+import type { ConsumerDefinition } from '../consume/consumers.js';
+import { loadConsumersDir, selectConsumers } from '../consume/consumers-dir.js';
+import { validateConsumers } from '../consume/consumer-validation.js';
 import { list, nonNegativeNumber, positiveInt } from './context.js';
 
 /** The flags that choose and tune the consumers a command runs (`work`, `start`). */

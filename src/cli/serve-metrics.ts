@@ -1,4 +1,5 @@
-import { Metrics, startMetricsServer, stopServer } from '../operate/metrics.js';
+import { Metrics } from '../operate/metrics.js';
+import { startMetricsServer, stopServer } from '../operate/metrics-server.js';
 import type { Settings } from '../config.js';
 import type { Logger } from '../log.js';
 

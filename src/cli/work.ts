@@ -4,11 +4,10 @@ import { channelNames } from '../consume/consumers.js';
 import { UsageError } from '../errors.js';
 import {
   exposeToSupervisor,
-  startMetricsServer,
-  stopServer,
   supervisorMetricsText,
   supervisorRegistry,
-} from '../operate/metrics.js';
+} from '../operate/metrics-supervisor.js';
+import { startMetricsServer, stopServer } from '../operate/metrics-server.js';
 import { createSupervisor, supervisorStopRequested } from '../operate/supervisor.js';
 import { createWorker } from '../consume/worker.js';
 import { serveMetrics } from './serve-metrics.js';

@@ -1,15 +1,15 @@
 import { hostname } from 'node:os';
 import { Queue, type Worker } from 'bullmq';
 import pg from 'pg';
-import type { Settings } from '../config.js';
 import {
   CONSUMER_DEFAULTS,
   channelNames,
-  validateConsumers,
   type BatchConsumerDefinition,
   type ConsumerDefinition,
   type SingleConsumerDefinition,
 } from './consumers.js';
+import { validateConsumers } from './consumer-validation.js';
+import type { PgqWorker, WorkerOptions } from './worker-options.js';
 import { BatchRunner } from './batch-worker.js';
 import { jobIdFor } from '../bridge/plan.js';
 import { createPool } from '../db/pool.js';
@@ -18,7 +18,6 @@ import { LedgerWriter } from './ledger.js';
 import { CompletedLookup } from './ledger-lookup.js';
 import { TransactionRunner, transactionPool } from './transaction.js';
 import { stopWorkers } from './shutdown.js';
-import type { Metrics } from '../operate/metrics.js';
 import { redactSecrets, silentLogger, type Logger } from '../log.js';
 import { Attempts } from './attempt.js';
 import { createJobProcessor } from './processor.js';
@@ -29,46 +28,10 @@ import { startFetcher, startFetchers, type FetcherConnection } from './fetchers.
 import { registerConsumers, touchDefinitions } from './registration.js';
 import { foreignChannelGuard } from './foreign-channel.js';
 import { runStartupChecks } from '../operate/checks.js';
-import { closeRedis, createRedis, type RedisConnection, type RedisSettings } from '../redis.js';
+import { closeRedis, createRedis, type RedisConnection } from '../redis.js';
 import { errorMessage } from '../util.js';
 import { consumerQueueOptions, warnAboutSingleSlotKeys } from '../queue-layout.js';
 import { playback } from '../recover/playback.js';
-
-/** Options of {@link createWorker}. */
-export interface WorkerOptions {
-  settings: Pick<Settings, 'databaseUrl' | 'redisUrl' | 'schema' | 'prefix'> & RedisSettings;
-  consumers: ConsumerDefinition[];
-  /** Overrides every consumer's `concurrency`. */
-  concurrency?: number;
-  /** How long `close()` waits for in-flight jobs before abandoning them (default 30 s). */
-  shutdownTimeoutMs?: number;
-  logger?: Logger;
-  /** Name recorded as the consumers' last seen worker (default host:pid). */
-  workerName?: string;
-  /** Counts handler runs and their duration (see `Metrics`). */
-  metrics?: Metrics;
-  /** Refuse to start when Redis may evict jobs (maxmemory-policy other than noeviction). */
-  strict?: boolean;
-  /**
-   * Record outcomes in the delivery ledger (default true). Only benchmarks turn it off, to
-   * measure what the ledger costs: without it, replays cannot tell what already ran.
-   * @internal
-   */
-  ledger?: boolean;
-}
-
-/** A running set of consumer workers (the `work` command). */
-export interface PgqWorker {
-  /** Registers the consumers in Postgres (retrying until it can), then starts their workers. */
-  start(): Promise<void>;
-  /** Graceful stop: in-flight jobs finish (up to the shutdown timeout), outcomes are written. */
-  close(): Promise<void>;
-  /**
-   * The BullMQ workers, by consumer id (after start). A consumer with a `concurrency` of 20 or
-   * more runs on several Workers in this process (see `fetchersFor`); this is the first.
-   */
-  readonly workers: ReadonlyMap<string, Worker>;
-}
 
 class ConsumerWorkers implements PgqWorker {
   readonly workers = new Map<string, Worker>();

@@ -1,15 +1,7 @@
-import { createServer, type Server } from 'node:http';
 import type { EventEmitter } from 'node:events';
 import pg from 'pg';
 import { sessionSettings } from '../db/pool.js';
-import {
-  AggregatorRegistry,
-  Counter,
-  Gauge,
-  Histogram,
-  Registry,
-  collectDefaultMetrics,
-} from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { OperationsQueries } from '../db/operations.js';
 import { redactSecrets, silentLogger, type Logger } from '../log.js';
 import type { JobCounts } from './status.js';
@@ -288,102 +280,4 @@ export class Metrics {
       },
     });
   }
-}
-
-/** The supervisor's own gauges: worker processes running and restarts so far. */
-export function supervisorRegistry(supervisor: {
-  readonly pids: ReadonlyMap<number, number>;
-  readonly restarts: number;
-}): Registry {
-  const registry = new Registry();
-  new Gauge({
-    name: 'pgq_bridge_worker_processes',
-    help: 'Worker processes the supervisor is running',
-    registers: [registry],
-    collect() {
-      this.set(supervisor.pids.size);
-    },
-  });
-  new Gauge({
-    name: 'pgq_bridge_worker_restarts',
-    help: 'Worker processes the supervisor restarted since it started',
-    registers: [registry],
-    collect() {
-      this.set(supervisor.restarts);
-    },
-  });
-  return registry;
-}
-
-/**
- * In a supervised worker process: lets the supervisor collect these metrics over IPC (prom-client's
- * cluster aggregation), so `work --processes N --metrics-port P` serves one sum for all of them.
- */
-export function exposeToSupervisor(metrics: Metrics): void {
-  AggregatorRegistry.setRegistries([metrics.registry]);
-  // Constructing one installs the IPC listener that answers the supervisor.
-  new AggregatorRegistry();
-}
-
-/**
- * In a supervisor: the metrics of every worker process, summed (gauges read from the database
- * take the maximum), followed by `own` (the supervisor's gauges, which no child reports).
- */
-export function supervisorMetricsText(own: Registry): () => Promise<string> {
-  const aggregator = new AggregatorRegistry();
-  return async () => {
-    const [children, mine] = await Promise.all([
-      aggregator.clusterMetrics().catch(() => ''),
-      own.metrics(),
-    ]);
-    return `${children.trimEnd()}\n${mine}`;
-  };
-}
-
-/** Options of {@link startMetricsServer}. */
-export interface MetricsServerOptions {
-  port: number;
-  host?: string;
-  /** Produces the Prometheus text (default: `metrics.text()`). */
-  text: () => Promise<string>;
-  logger?: Logger;
-}
-
-/** Serves `GET /metrics` (and nothing else) for `listen` and `work --metrics-port`. */
-export async function startMetricsServer(options: MetricsServerOptions): Promise<Server> {
-  const log = options.logger ?? silentLogger();
-  const server = createServer((req, res) => {
-    const path = (req.url ?? '/').split('?')[0];
-    if (req.method !== 'GET' || path !== '/metrics') {
-      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
-      return;
-    }
-    options.text().then(
-      (body) => {
-        res
-          .writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' })
-          .end(body);
-      },
-      (error: unknown) => {
-        res.writeHead(500, { 'content-type': 'text/plain' }).end(`${errorMessage(error)}\n`);
-      },
-    );
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port, options.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  log.info({ port: options.port }, 'serving metrics on /metrics');
-  return server;
-}
-
-/** Closes a server started by {@link startMetricsServer} (idle keep-alive sockets too). */
-export function stopServer(server: Server): Promise<void> {
-  return new Promise((resolve) => {
-    server.close(() => resolve());
-    server.closeAllConnections();
-  });
 }

@@ -3,7 +3,8 @@ import { startBoard, type BoardServer, type StartBoardOptions } from './board.js
 import type { ConsumerDefinition } from '../consume/consumers.js';
 import { silentLogger, type Logger } from '../log.js';
 import { Metrics } from './metrics.js';
-import { createWorker, type PgqWorker, type WorkerOptions } from '../consume/worker.js';
+import { createWorker } from '../consume/worker.js';
+import type { PgqWorker, WorkerOptions } from '../consume/worker-options.js';
 
 /** Options of {@link startAll}. */
 export interface StartAllOptions {

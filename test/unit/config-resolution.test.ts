@@ -2,7 +2,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { DEFAULTS, parseByteSize, resolveConfig } from '../../src/config.js';
+import { DEFAULTS, resolveConfig } from '../../src/config.js';
+import { parseByteSize } from '../../src/config-values.js';
 import { ConfigError } from '../../src/errors.js';
 import { redactSecrets } from '../../src/log.js';
 

@@ -2,14 +2,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import {
-  channelNames,
-  loadConsumersDir,
-  selectConsumers,
-  validateConsumer,
-  validateConsumers,
-  type ConsumerDefinition,
-} from '../../src/consume/consumers.js';
+import { channelNames, type ConsumerDefinition } from '../../src/consume/consumers.js';
+import { loadConsumersDir, selectConsumers } from '../../src/consume/consumers-dir.js';
+import { validateConsumer, validateConsumers } from '../../src/consume/consumer-validation.js';
 import { PgqError, UsageError } from '../../src/errors.js';
 import {
   assertChannel,
