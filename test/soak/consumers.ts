@@ -1,15 +1,27 @@
 /**
- * The soak's consumers: 4 consumers on 3 channels (one on all three, the others on one or two).
- * `search` runs with concurrency 20 (two BullMQ Workers per process), the others with 4.
- * Each handler first records the handling in `<soak schema>.handled` (the Postgres the chaos
- * restarts, reached through the same proxy as the bridge), then "works" for a few ms so that a
- * kill -9 often catches jobs in flight (`projection` is transactional: it records through its
- * transaction, see TRANSACTIONAL). A failed record (Postgres down or cut) throws: BullMQ
- * retries it, generously enough (25 attempts, ~1 s apart) that no outage dead-letters a job.
+ * The soak's consumers, on 3 plain channels (orders, users, payments) and 2 keyed ones (accounts:
+ * `notify(..., key)`; rows: a `pgq-bridge triggers add` trigger):
+ *
+ * - audit (all plain channels), mailer, search (concurrency 20: two BullMQ Workers per process),
+ *   billing (`removeOnComplete: true`: a job re-added after its twin completed is a fresh job
+ *   that only the ledger can stop), projection (transactional, `removeOnComplete: true`);
+ * - slowpoke (payments): `timeout: 400` and a handler that sometimes runs far longer, half of
+ *   those ignoring `ctx.signal` (the retry must not overlap the run that outlived its timeout);
+ * - sequencer (accounts, rows): `ordered: true`, with a `timeout` and sometimes an overrun or a
+ *   transient failure (per key: one at a time, in commit order, none missing).
+ *
+ * Each handler first records its run in `<soak schema>.handled` (the Postgres the chaos restarts,
+ * reached through the same proxy as the bridge): start time, then, when it is done, its end time
+ * (also when it gave up on an aborted signal or threw), so that the verifier can check that runs
+ * never overlap. A failed record (Postgres down or cut) throws: BullMQ retries it, generously
+ * enough (25 attempts, ~1 s apart) that no outage dead-letters a job.
  */
 
-/** The channels the writers use. */
+/** The plain channels the writers use. */
 export const CHANNELS = ['orders', 'users', 'payments'] as const;
+
+/** The keyed channels: `accounts` (notify with a key), `rows` (trigger on soak.rows). */
+export const KEYED_CHANNELS = { notify: 'accounts', trigger: 'rows' } as const;
 
 /** Consumer id → channels. */
 export const CONSUMERS: Record<string, readonly string[]> = {
@@ -18,6 +30,8 @@ export const CONSUMERS: Record<string, readonly string[]> = {
   billing: ['orders', 'payments'],
   search: ['orders', 'users'],
   projection: ['orders', 'payments'],
+  slowpoke: ['payments'],
+  sequencer: [KEYED_CHANNELS.notify, KEYED_CHANNELS.trigger],
 };
 
 /**
@@ -27,23 +41,41 @@ export const CONSUMERS: Record<string, readonly string[]> = {
  */
 export const TRANSACTIONAL: readonly string[] = ['projection'];
 
-/**
- * Consumers that run with a concurrency of 20 instead of 4: enough that each `work` process runs
- * them on two BullMQ Workers sharing it (src/consume/fetchers.ts, fetchersFor), so the chaos also kills,
- * cuts and restarts under the split.
- */
-const WIDE: readonly string[] = ['search'];
+/** Ordered consumers (`ordered: true`): the verifier checks them per key. */
+export const ORDERED: readonly string[] = ['sequencer'];
+
+/** Consumers with a `timeout` whose handler sometimes outlives it. */
+export const TIMED: Record<string, number> = { slowpoke: 400, sequencer: 1500 };
+
+/** Per consumer: the definition's extra options and its handler's body (as source text). */
+const SPECS: Record<string, { options: string; body: string }> = {
+  audit: { options: '', body: 'await run("audit", n)' },
+  mailer: { options: '', body: 'await run("mailer", n)' },
+  billing: { options: 'removeOnComplete: true,', body: 'await run("billing", n)' },
+  search: { options: 'concurrency: 20,', body: 'await run("search", n)' },
+  projection: {
+    options: 'transactional: true, removeOnComplete: true,',
+    body: 'await run("projection", n, { db: ctx.db })',
+  },
+  slowpoke: {
+    options: `timeout: ${TIMED.slowpoke},`,
+    // 4% of the runs take 0.7-1.5 s: half of them ignore the signal, half give up when it aborts.
+    body: `await run("slowpoke", n, { signal: ctx.signal, slow: Math.random() < 0.04 ? 700 + Math.random() * 800 : 0 })`,
+  },
+  sequencer: {
+    options: `ordered: true, concurrency: 8, timeout: ${TIMED.sequencer},`,
+    // 1% overrun the timeout (2-3 s), 2% fail once (a retry with backoff holds the key).
+    body: `await run("sequencer", n, { signal: ctx.signal, slow: Math.random() < 0.01 ? 2000 + Math.random() * 1000 : 0, failFirst: 0.02 })`,
+  },
+};
 
 /** The text of the consumers file (`.mjs`), for a soak schema named `soakSchema`. */
 export function consumersFile(soakSchema: string): string {
   const defs = Object.entries(CONSUMERS)
-    .map(([id, channels]) =>
-      TRANSACTIONAL.includes(id)
-        ? `  defineConsumer({ id: ${JSON.stringify(id)}, channels: ${JSON.stringify(channels)}, ...common,
-    transactional: true, removeOnComplete: true,
-    async handle(n, job, { db }) { await record(${JSON.stringify(id)}, n, db); await busy(); } }),`
-        : `  defineConsumer({ id: ${JSON.stringify(id)}, channels: ${JSON.stringify(channels)}, ...common,${WIDE.includes(id) ? ' concurrency: 20,' : ''}
-    async handle(n) { await record(${JSON.stringify(id)}, n); await busy(); } }),`,
+    .map(
+      ([id, channels]) =>
+        `  defineConsumer({ id: ${JSON.stringify(id)}, channels: ${JSON.stringify(channels)}, ...common, ${SPECS[id].options}
+    async handle(n, job, ctx) { ${SPECS[id].body}; } }),`,
     )
     .join('\n');
   return `// Generated by test/soak/consumers.ts.
@@ -61,15 +93,59 @@ const pool = new pg.Pool({
 // Idle clients die with every Postgres restart; that must not crash the worker.
 pool.on('error', () => {});
 
-// db: the attempt's transaction client of a transactional consumer, else the pool above.
-async function record(consumer, n, db = pool) {
-  await db.query(
-    'INSERT INTO "${soakSchema}".handled (consumer, notification_id, attempt, is_replay, pid) VALUES ($1, $2, $3, $4, $5)',
-    [consumer, n.id, n.attempt, n.isReplay, process.pid],
-  );
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// The version a keyed notification carries: payload.version (accounts) or the row's new version.
+function versionOf(n) {
+  const v = n.change ? n.change.new?.version : n.payload?.version;
+  return typeof v === 'number' ? v : null;
 }
 
-const busy = () => new Promise((resolve) => setTimeout(resolve, Math.floor(Math.random() * 10)));
+// One handler run: record its start (through db: the attempt's transaction client of a
+// transactional consumer, else the pool), work, record its end. slow: ms to work instead of a few;
+// with a signal, every other slow run gives up when the signal aborts (a timeout), the others
+// ignore it. failFirst: the probability that a first attempt fails after its work.
+async function run(consumer, n, { db = pool, signal, slow = 0, failFirst = 0 } = {}) {
+  const { rows } = await db.query(
+    'INSERT INTO "${soakSchema}".handled (consumer, notification_id, attempt, is_replay, pid, key, version, slow) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq',
+    [consumer, n.id, n.attempt, n.isReplay, process.pid, n.key ?? null, versionOf(n), slow > 0],
+  );
+  const seq = rows[0].seq;
+  let outcome = 'failed';
+  try {
+    if (slow > 0 && signal && Math.random() < 0.5) {
+      await new Promise((resolve, reject) => {
+        const timer = setTimeout(resolve, slow);
+        signal.addEventListener('abort', () => { clearTimeout(timer); reject(new Error('aborted by ctx.signal')); }, { once: true });
+      });
+    } else {
+      await sleep(slow > 0 ? slow : Math.floor(Math.random() * 10));
+    }
+    if (failFirst > 0 && n.attempt === 1 && Math.random() < failFirst) {
+      outcome = 'thrown';
+      throw new Error('soak: transient failure');
+    }
+    outcome = 'ok';
+  } finally {
+    await ended(db, seq, outcome);
+  }
+}
+
+// Records the end of run seq and how it ended (ok; thrown on purpose; failed: aborted by the
+// signal or an error); retried for up to 30 s (a cut path), then left unknown.
+async function ended(db, seq, outcome) {
+  const deadline = Date.now() + 30000;
+  for (;;) {
+    try {
+      await db.query('UPDATE "${soakSchema}".handled SET ended_at = clock_timestamp(), outcome = $2 WHERE seq = $1', [seq, outcome]);
+      return;
+    } catch (error) {
+      // In a transaction the statement cannot be retried: the attempt fails and rolls back.
+      if (db !== pool || Date.now() > deadline) throw error;
+      await sleep(500);
+    }
+  }
+}
 
 const common = {
   concurrency: 4,

@@ -5,7 +5,8 @@
  * For a fault that ended at time E, when the newest stored notification id was X:
  * - flowing: the first handling (by any consumer) of a notification with id > X, at or after E
  *   (new work is flowing again);
- * - drained: the first poll at which every (consumer, notification ≤ X) it is owed is handled,
+ * - drained: the first poll at which every (consumer, notification ≤ X) it is owed (the database's
+ *   rule, `<schema>.is_owed`: commit visibility against the subscription's boundary) is handled,
  *   or parked: its job is gone from Redis (a Redis restart lost it: the final
  *   `reconcile --verify` brings it back) or failed for good (the final `reconcile --failed`).
  *   No row ≤ X is unbridged and no job ≤ X waits, runs or is delayed.
@@ -137,7 +138,8 @@ export class RecoveryMonitor {
     const open = await pool.query<{ consumer_id: string; id: string }>(
       `SELECT s.consumer_id, n.id::text AS id
          FROM ${schema}.notifications n
-         JOIN ${schema}.subscriptions s ON s.channel = n.channel AND n.id > s.after_id
+         JOIN ${schema}.subscriptions s ON s.channel = n.channel
+          AND ${schema}.is_owed(n.id, n.xid, s.after_id, s.boundary)
         WHERE n.id > $1 AND n.bridged_at IS NOT NULL
           AND NOT EXISTS (SELECT 1 FROM ${soakSchema}.handled h
                            WHERE h.consumer = s.consumer_id AND h.notification_id = n.id)

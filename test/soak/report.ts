@@ -2,6 +2,7 @@
 import { FAULT_KINDS, type FaultKind } from './chaos.js';
 import type { Recovery } from './monitor.js';
 import type { Verdict } from './verify.js';
+import type { VerifyLoopTotals } from './verify-loop.js';
 import type { WriterTotals } from './writers.js';
 
 /** Per fault kind: how often, and the longest recovery. */
@@ -57,6 +58,7 @@ export function formatReport(input: {
   kinds: KindSummary[];
   verdict: Verdict;
   reconciles: string[];
+  verifyLoop: VerifyLoopTotals;
   problems: string[];
 }): string {
   const { writers, verdict: v } = input;
@@ -66,8 +68,20 @@ export function formatReport(input: {
     `== pgq-bridge soak: ${input.minutes} min of chaos, ${input.elapsedS.toFixed(0)} s in all ==`,
   );
   lines.push(
-    `committed (stored) ${v.stored}; writers: acknowledged ${writers.acknowledged}, ` +
-      `uncertain ${writers.uncertain}, failed (not stored) ${writers.failed}`,
+    `committed (stored) ${v.stored}; writers: acknowledged ${writers.acknowledged} ` +
+      `(keyed ${writers.keyedAcknowledged}), uncertain ${writers.uncertain}, failed (not stored) ${writers.failed}`,
+  );
+  lines.push(
+    'faults injected: ' +
+      (input.kinds
+        .filter((k) => k.injected > 0)
+        .map((k) => `${k.kind} ${k.injected}`)
+        .join(', ') || 'none'),
+  );
+  const loop = input.verifyLoop;
+  lines.push(
+    `reconcile --verify loop during the load: ${loop.runs} runs, ${loop.ok} ok, ${loop.failed} failed; ` +
+      `sums ${JSON.stringify(loop.sums)}`,
   );
   lines.push(
     `owed (consumer, notification) pairs ${v.owedPairs}; handled pairs ${v.handledPairs}; ` +
@@ -78,6 +92,16 @@ export function formatReport(input: {
   }
   lines.push(
     `transactional consumers: effects committed more than once ${v.transactionalDuplicates}`,
+  );
+  lines.push(
+    `overlapping runs of one delivery ${v.pairOverlaps}; runs that outlived their timeout on purpose ` +
+      `${v.slowRuns}; runs with an unknown end ${v.unknownEnds}`,
+  );
+  const o = v.ordered;
+  lines.push(
+    `ordered, per key: ${o.keys} keys, ${o.notifications} notifications; sequence broken ${o.sequenceBroken}, ` +
+      `missing ${o.missing}, started before the previous one completed ${o.outOfOrder}, ` +
+      `overlapping runs of a key ${o.overlaps} (runs with an unknown end ${o.unknownEnds})`,
   );
   lines.push(
     `lost ${v.lost}; acknowledged but missing ${v.acknowledgedMissing}; ` +
@@ -123,13 +147,16 @@ export function formatReport(input: {
   const failures = [...v.failures, ...input.problems];
   if (failures.length === 0) {
     lines.push(
-      'PASS: nothing lost, nothing completed ran again, the ledger agrees with the handlers',
+      'PASS: nothing lost, nothing completed ran again, the ledger agrees with the handlers, ' +
+        'no overlapping runs, every key in commit order',
     );
   } else {
     lines.push('FAIL:');
     for (const f of failures) lines.push(`  - ${f}`);
     if (v.lostExamples.length) lines.push(`  lost, e.g. ${v.lostExamples.join(', ')}`);
     for (const e of v.rerunExamples) lines.push(`  rerun: ${e}`);
+    for (const e of v.overlapExamples) lines.push(`  overlap: ${e}`);
+    for (const e of v.ordered.examples) lines.push(`  ordered: ${e}`);
   }
   return lines.join('\n') + '\n';
 }

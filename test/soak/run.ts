@@ -26,12 +26,13 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { runCli } from '../support/cli.js';
 import { runChaos, type Fault } from './chaos.js';
-import { CHANNELS, CONSUMERS } from './consumers.js';
+import { CHANNELS, CONSUMERS, KEYED_CHANNELS } from './consumers.js';
 import { RecoveryMonitor } from './monitor.js';
 import { ProcessSet, type Role } from './processes.js';
 import { formatReport, summarizeKinds } from './report.js';
 import { createStack, type Stack } from './stack.js';
 import { verify } from './verify.js';
+import { reconcileSummary, startVerifyLoop } from './verify-loop.js';
 import { startWriters } from './writers.js';
 
 const { values: args } = parseArgs({
@@ -39,6 +40,10 @@ const { values: args } = parseArgs({
     minutes: { type: 'string', default: '3' },
     writers: { type: 'string', default: '8' },
     rate: { type: 'string', default: '80' },
+    'keyed-writers': { type: 'string', default: '4' },
+    'keyed-rate': { type: 'string', default: '20' },
+    keys: { type: 'string', default: '40' },
+    'verify-pause': { type: 'string', default: '3' },
     listeners: { type: 'string', default: '2' },
     workers: { type: 'string', default: '2' },
     'gap-min': { type: 'string', default: '4' },
@@ -63,6 +68,10 @@ function positive(name: string, value: string | undefined): number {
 const minutes = positive('minutes', args.minutes);
 const writerCount = Math.round(positive('writers', args.writers));
 const rate = positive('rate', args.rate);
+const keyedWriterCount = Math.round(positive('keyed-writers', args['keyed-writers']));
+const keyedRate = positive('keyed-rate', args['keyed-rate']);
+const keyCount = Math.round(positive('keys', args.keys));
+const verifyPauseS = positive('verify-pause', args['verify-pause']);
 const listenerCount = Math.round(positive('listeners', args.listeners));
 const workerCount = Math.round(positive('workers', args.workers));
 const gapMs: [number, number] = [
@@ -131,7 +140,7 @@ async function runReconcile(stack: Stack, flags: string[]): Promise<Record<strin
   if (result.code !== 0) {
     throw new Error(`reconcile ${flags.join(' ')} exited ${result.code}: ${result.stderr}`);
   }
-  return JSON.parse(result.stdout) as Record<string, unknown>;
+  return reconcileSummary(result.stdout);
 }
 
 const reportedDead = new Set<number>();
@@ -150,7 +159,8 @@ async function main(): Promise<number> {
   const runId = randomBytes(4).toString('hex');
   log(
     `starting: ${minutes} min, ${writerCount} writers at ${rate}/s, ${listenerCount} listeners, ` +
-      `${workerCount} workers, consumers ${Object.keys(CONSUMERS).join(', ')}`,
+      `${workerCount} workers, ${keyedWriterCount} keyed writers at ${keyedRate}/s on ${keyCount} keys per channel, ` +
+      `consumers ${Object.keys(CONSUMERS).join(', ')}`,
   );
   const stack = await createStack(runId);
   const processes = new ProcessSet(
@@ -180,10 +190,17 @@ async function main(): Promise<number> {
     const writers = startWriters({
       databaseUrl: stack.postgres.url,
       schema: stack.schema,
+      soakSchema: stack.soakSchema,
       channels: CHANNELS,
       writers: writerCount,
       ratePerSecond: rate,
+      keyedWriters: keyedWriterCount,
+      keyedRatePerSecond: keyedRate,
+      keys: keyCount,
+      keyedChannels: KEYED_CHANNELS,
     });
+    // reconcile --verify in a loop during the whole load, through the proxies.
+    const verifyLoop = startVerifyLoop(stack.bridgeEnv, verifyPauseS * 1000);
     const progress = setInterval(() => {
       const s = monitor.last;
       if (s) {
@@ -211,8 +228,12 @@ async function main(): Promise<number> {
     const rest = chaosEnd - Date.now();
     if (rest > 0) await sleep(rest);
     await writers.stop();
+    await verifyLoop.stop();
     clearInterval(progress);
-    log(`writers stopped: ${writers.totals.acknowledged} acknowledged; waiting for quiet`);
+    log(
+      `writers stopped: ${writers.totals.acknowledged} acknowledged; reconcile --verify loop: ` +
+        `${JSON.stringify(verifyLoop.totals)}; waiting for quiet`,
+    );
 
     // Quiet first: stalled jobs of killed workers come back after BullMQ's lock (30 s) expires.
     await waitForQuiet(stack, queues, 180_000);
@@ -242,12 +263,7 @@ async function main(): Promise<number> {
     problems.push(...(await replaceDead(processes, 'work', 0)));
     problems.push(...(await processes.stopAll()));
 
-    const verdict = await verify(
-      stack,
-      writers.totals.acknowledgedIds,
-      faults,
-      processes.killedWorkers(),
-    );
+    const verdict = await verify(stack, writers.totals, faults, processes.killedWorkers());
     const kinds = summarizeKinds(monitor.recoveries);
     process.stdout.write(
       formatReport({
@@ -258,6 +274,7 @@ async function main(): Promise<number> {
         kinds,
         verdict,
         reconciles,
+        verifyLoop: verifyLoop.totals,
         problems,
       }),
     );
@@ -267,7 +284,7 @@ async function main(): Promise<number> {
       for (const line of errorLines.slice(0, 5)) process.stdout.write(`  ${line.slice(0, 400)}\n`);
     }
     if (args.json) {
-      const { acknowledgedIds: _ids, ...totals } = writers.totals;
+      const { acknowledgedIds: _ids, ackedVersions: _versions, ...totals } = writers.totals;
       writeFileSync(
         args.json,
         JSON.stringify(
@@ -278,6 +295,7 @@ async function main(): Promise<number> {
             kinds,
             faults: monitor.recoveries,
             reconciles,
+            verifyLoop: verifyLoop.totals,
             problems,
           },
           null,

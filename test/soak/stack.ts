@@ -1,8 +1,10 @@
 /**
  * The soak's world: a throwaway Postgres and Redis (never the shared servers on 5432/6379), a
  * TCP proxy in front of each for the bridge's processes, the pgq-bridge schema, and the soak's
- * own tables: `handled` (one row per handler run) and `ledger_log` (every write to the delivery
- * ledger, with its time, kept by a trigger: the ledger itself only keeps the latest outcome).
+ * own tables: `handled` (one row per handler run, with its start and end), `ledger_log` (every
+ * write to the delivery ledger, with its time, kept by a trigger: the ledger itself only keeps the
+ * latest outcome), and the keyed writers' `accounts` and `rows` (the latter with a
+ * `pgq-bridge triggers add` trigger).
  */
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -15,7 +17,7 @@ import {
   type ThrowawayPostgres,
   type ThrowawayRedis,
 } from '../support/servers.js';
-import { consumersFile } from './consumers.js';
+import { consumersFile, KEYED_CHANNELS } from './consumers.js';
 import { TcpProxy } from './proxy.js';
 
 /** Everything a soak run works with. */
@@ -109,7 +111,16 @@ export async function createStack(runId: string): Promise<Stack> {
       attempt int NOT NULL,
       is_replay boolean NOT NULL,
       pid int NOT NULL,
+      -- Ordered consumers: the notification's key and the version it carries (commit order).
+      key text,
+      version int,
+      -- The handler meant to outlive its consumer's timeout.
+      slow boolean NOT NULL DEFAULT false,
       handled_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+      -- Set when the run is over (NULL: killed, or its end could not be written).
+      ended_at timestamptz,
+      -- How it ended: ok, thrown (a deliberate transient failure), failed (aborted or an error).
+      outcome text,
       -- The writing transaction: a transactional consumer's handling shares it with its ledger row.
       xact bigint NOT NULL DEFAULT txid_current());
     CREATE INDEX ON ${soakSchema}.handled (consumer, notification_id);
@@ -129,7 +140,22 @@ export async function createStack(runId: string): Promise<Stack> {
     END $fn$;
     CREATE TRIGGER soak_log_delivery AFTER INSERT OR UPDATE ON ${schema}.deliveries
       FOR EACH ROW EXECUTE FUNCTION ${soakSchema}.log_delivery();
+    -- The keyed writers' truth: each key's latest committed version (see writers.ts).
+    CREATE TABLE ${soakSchema}.accounts (key text PRIMARY KEY, version int NOT NULL);
+    CREATE TABLE ${soakSchema}.${KEYED_CHANNELS.trigger} (id int PRIMARY KEY, version int NOT NULL);
   `);
+  // Changes of soak.rows become notifications through the trigger `triggers add` installs.
+  const trigger = await runCli(
+    [
+      'triggers',
+      'add',
+      `${soakSchema}.${KEYED_CHANNELS.trigger}`,
+      '--channel',
+      KEYED_CHANNELS.trigger,
+    ],
+    { env: directEnv, timeoutMs: 60_000 },
+  );
+  if (trigger.code !== 0) throw new Error(`triggers add failed: ${trigger.stderr}`);
 
   const redisClient = new Redis(redis.url, {
     maxRetriesPerRequest: 1,

@@ -2,9 +2,9 @@
  * The soak's final checks, on the settled state (after `reconcile --verify`, quiet, and a graceful
  * stop of every bridge process so that every ledger write is flushed):
  *
- * 1. No loss: every stored notification was handled by every consumer it is owed (a
- *    subscription on its channel with `after_id` below it), and every commit a writer saw
- *    acknowledged is stored.
+ * 1. No loss: every stored notification was handled by every consumer it is owed (the database's
+ *    own rule: `<schema>.is_owed(id, xid, after_id, boundary)` of a subscription on its channel,
+ *    commit visibility, not id order), and every commit a writer saw acknowledged is stored.
  * 2. Nothing completed runs again: no handling of a (consumer, notification) started after the
  *    ledger had recorded that pair completed (`ledger_log` keeps every ledger write with its time).
  * 3. The ledger agrees with the handlers: every pair handled is completed in the ledger, every
@@ -12,17 +12,50 @@
  * 4. Duplicates (a pair handled more than once) are counted and attributed to a cause.
  * 5. Transactional consumers (their handling row is written in the attempt's transaction) have
  *    no duplicate at all: exactly one committed effect per owed notification.
+ * 6. No overlap: two runs of one (consumer, notification) never overlap in time (a run ends when
+ *    its handler recorded its end, or when its process was killed), also for runs that outlived
+ *    their consumer's `timeout`.
+ * 7. Ordered consumers, per key: the key's versions are 1..N in id order and as the writers'
+ *    table says (commit order, nothing missing from the store), every one was handled, the
+ *    first run of each starts only after the previous one was completed in the ledger, and no two
+ *    runs of the key overlap.
  */
 import type { Fault } from './chaos.js';
-import { TRANSACTIONAL } from './consumers.js';
+import { ORDERED, TRANSACTIONAL } from './consumers.js';
 import type { Stack } from './stack.js';
+import type { WriterTotals } from './writers.js';
 
 /** One handler run. */
-interface Handling {
-  at: number;
+interface Run {
+  consumer: string;
+  id: string;
+  start: number;
+  /** Its end: recorded by the handler, or its process's kill; undefined: unknown. */
+  end: number | undefined;
   pid: number;
   attempt: number;
   isReplay: boolean;
+  slow: boolean;
+  outcome: string | null;
+  key: string | null;
+  version: number | null;
+}
+
+/** Per-key checks of the ordered consumers. */
+export interface OrderedVerdict {
+  keys: number;
+  notifications: number;
+  /** Notifications whose versions are not 1..N in id order, or disagree with the writers' table. */
+  sequenceBroken: number;
+  /** Owed keyed notifications never handled. */
+  missing: number;
+  /** A later notification of a key started before the earlier one was completed. */
+  outOfOrder: number;
+  /** Two runs of one key overlapped in time. */
+  overlaps: number;
+  /** Runs whose end is unknown (neither recorded nor killed): not checked for overlap. */
+  unknownEnds: number;
+  examples: string[];
 }
 
 /** The outcome of the checks. */
@@ -49,29 +82,43 @@ export interface Verdict {
   duplicatesByCause: Record<string, number>;
   /** Effects of transactional consumers committed more than once (must be 0). */
   transactionalDuplicates: number;
+  /** Two runs of one (consumer, notification) that overlapped in time (must be 0). */
+  pairOverlaps: number;
+  overlapExamples: string[];
+  /** Runs that meant to outlive their timeout (slow), and runs whose end is unknown. */
+  slowRuns: number;
+  unknownEnds: number;
+  ordered: OrderedVerdict;
   /** Failures that make the soak exit non-zero. */
   failures: string[];
 }
 
 /** Explains why `later` ran again after `earlier`, from the faults and the killed workers. */
 function causeOf(
-  earlier: Handling,
-  later: Handling,
+  earlier: Run,
+  later: Run,
   faults: Fault[],
   killedWorkers: Map<number, number>,
 ): string {
   const killedAt = killedWorkers.get(earlier.pid);
-  const prefix = later.isReplay ? 'final reconcile replay after ' : '';
-  if (killedAt !== undefined && killedAt >= earlier.at && killedAt <= later.at) {
+  const prefix = later.isReplay ? 'reconcile replay after ' : '';
+  if (killedAt !== undefined && killedAt >= earlier.start && killedAt <= later.start) {
     return `${prefix}kill-worker (killed mid-job or before its outcome was recorded)`;
   }
+  // A retry (not a replay) after a run that failed or outlived its timeout on purpose.
+  if (!later.isReplay && earlier.outcome === 'thrown')
+    return 'the earlier attempt failed on purpose (retry)';
+  if (!later.isReplay && earlier.slow) return 'the earlier run outlived its timeout (retry)';
   // The fault in progress around the earlier run (its write or its completion was cut off).
   const around = faults.find(
-    (f) => f.startedAt - 1000 <= earlier.at && earlier.at <= f.endedAt + 5000,
+    (f) => f.startedAt - 1000 <= earlier.start && earlier.start <= f.endedAt + 5000,
   );
   if (around) return `${prefix}${around.kind} during the earlier run`;
-  const between = faults.find((f) => f.startedAt >= earlier.at && f.startedAt <= later.at);
+  const between = faults.find((f) => f.startedAt >= earlier.start && f.startedAt <= later.start);
   if (between) return `${prefix}${between.kind} between the runs`;
+  if (earlier.outcome === 'thrown') return `${prefix}the earlier attempt failed on purpose`;
+  if (earlier.slow) return `${prefix}the earlier run outlived its timeout`;
+  if (earlier.outcome === 'failed') return `${prefix}the earlier attempt failed`;
   return `${prefix}unexplained`;
 }
 
@@ -79,10 +126,14 @@ function bump(counts: Record<string, number>, key: string, by = 1): void {
   counts[key] = (counts[key] ?? 0) + by;
 }
 
-/** Runs every check; `acknowledgedIds` are the writers' acknowledged commits. */
+function iso(ms: number | undefined): string {
+  return ms === undefined ? '?' : new Date(ms).toISOString().slice(11, 23);
+}
+
+/** Runs every check; `writers` holds the writers' acknowledged commits. */
 export async function verify(
   stack: Stack,
-  acknowledgedIds: string[],
+  writers: WriterTotals,
   faults: Fault[],
   killedWorkers: Map<number, number>,
 ): Promise<Verdict> {
@@ -94,7 +145,8 @@ export async function verify(
   const stored = await scalar(`SELECT count(*)::int AS n FROM ${schema}.notifications`);
   const owedSql = `
     SELECT s.consumer_id, n.id FROM ${schema}.notifications n
-      JOIN ${schema}.subscriptions s ON s.channel = n.channel AND n.id > s.after_id`;
+      JOIN ${schema}.subscriptions s ON s.channel = n.channel
+       AND ${schema}.is_owed(n.id, n.xid, s.after_id, s.boundary)`;
   const owedPairs = await scalar(`SELECT count(*)::int AS n FROM (${owedSql}) o`);
   const handledRuns = await scalar(`SELECT count(*)::int AS n FROM ${soakSchema}.handled`);
   const handledPairs = await scalar(
@@ -115,7 +167,7 @@ export async function verify(
       await pool.query<{ id: string }>(`SELECT id::text AS id FROM ${schema}.notifications`)
     ).rows.map((r) => r.id),
   );
-  const acknowledgedMissing = acknowledgedIds.filter((id) => !storedIds.has(id)).length;
+  const acknowledgedMissing = writers.acknowledgedIds.filter((id) => !storedIds.has(id)).length;
   if (acknowledgedMissing > 0) {
     failures.push(`${acknowledgedMissing} acknowledged commits are missing from the table`);
   }
@@ -187,41 +239,102 @@ export async function verify(
   );
   if (ledgerFailed > 0) failures.push(`${ledgerFailed} deliveries are left failed in the ledger`);
 
-  // 4. Duplicates and their causes.
-  const dups = await pool.query<{
-    runs: Array<{ at: string; pid: number; attempt: number; is_replay: boolean }>;
+  // Every run, grouped by (consumer, notification), in start order.
+  const { rows: runRows } = await pool.query<{
+    consumer: string;
+    id: string;
+    start: Date;
+    ended_at: Date | null;
+    pid: number;
+    attempt: number;
+    is_replay: boolean;
+    slow: boolean;
+    outcome: string | null;
+    key: string | null;
+    version: number | null;
   }>(
-    `SELECT json_agg(json_build_object('at', handled_at, 'pid', pid, 'attempt', attempt,
-                                       'is_replay', is_replay) ORDER BY handled_at) AS runs
-       FROM ${soakSchema}.handled GROUP BY consumer, notification_id HAVING count(*) > 1`,
+    `SELECT consumer, notification_id::text AS id, handled_at AS start, ended_at, pid, attempt,
+            is_replay, slow, outcome, key, version
+       FROM ${soakSchema}.handled ORDER BY handled_at, seq`,
   );
+  const runsByPair = new Map<string, Run[]>();
+  let unknownEnds = 0;
+  let slowRuns = 0;
+  for (const r of runRows) {
+    const start = r.start.getTime();
+    const killedAt = killedWorkers.get(r.pid);
+    const end =
+      r.ended_at?.getTime() ?? (killedAt !== undefined && killedAt >= start ? killedAt : undefined);
+    if (end === undefined) unknownEnds++;
+    if (r.slow) slowRuns++;
+    const run: Run = {
+      consumer: r.consumer,
+      id: r.id,
+      start,
+      end,
+      pid: r.pid,
+      attempt: r.attempt,
+      isReplay: r.is_replay,
+      slow: r.slow,
+      outcome: r.outcome,
+      key: r.key,
+      version: r.version,
+    };
+    const pair = `${r.consumer}:${r.id}`;
+    const list = runsByPair.get(pair);
+    if (list) list.push(run);
+    else runsByPair.set(pair, [run]);
+  }
+
+  // 4. Duplicates and their causes; 6. no overlap of one pair's runs.
+  const duplicatesByCause: Record<string, number> = {};
+  let duplicates = 0;
+  let pairOverlaps = 0;
+  const overlapExamples: string[] = [];
+  for (const [pair, runs] of runsByPair) {
+    let lastEnd = -Infinity;
+    let lastRun: Run | undefined;
+    for (let i = 0; i < runs.length; i++) {
+      const run = runs[i];
+      if (i > 0) {
+        duplicates++;
+        bump(duplicatesByCause, causeOf(runs[i - 1], run, faults, killedWorkers));
+        if (run.start < lastEnd) {
+          pairOverlaps++;
+          if (overlapExamples.length < 10) {
+            overlapExamples.push(
+              `${pair}: run from ${iso(lastRun?.start)} to ${iso(lastRun?.end)} (pid ${lastRun?.pid}) ` +
+                `overlaps the run from ${iso(run.start)} (pid ${run.pid}, attempt ${run.attempt})`,
+            );
+          }
+        }
+      }
+      if (run.end !== undefined && run.end > lastEnd) {
+        lastEnd = run.end;
+        lastRun = run;
+      }
+    }
+  }
+  if (pairOverlaps > 0) {
+    failures.push(`${pairOverlaps} runs overlapped an earlier run of the same delivery`);
+  }
+
   // 5. Transactional consumers: their handling row commits with the ledger row, exactly once.
-  const transactionalDuplicates = await scalar(
-    `SELECT coalesce(sum(n - 1), 0)::int AS n FROM (
-       SELECT count(*) AS n FROM ${soakSchema}.handled WHERE consumer = ANY($1::text[])
-        GROUP BY consumer, notification_id HAVING count(*) > 1) d`,
-    [TRANSACTIONAL],
-  );
+  let transactionalDuplicates = 0;
+  for (const [pair, runs] of runsByPair) {
+    if (TRANSACTIONAL.includes(pair.slice(0, pair.indexOf(':')))) {
+      transactionalDuplicates += runs.length - 1;
+    }
+  }
   if (transactionalDuplicates > 0) {
     failures.push(
       `${transactionalDuplicates} effects of transactional consumers committed more than once`,
     );
   }
 
-  const duplicatesByCause: Record<string, number> = {};
-  let duplicates = 0;
-  for (const { runs } of dups.rows) {
-    const handlings: Handling[] = runs.map((r) => ({
-      at: new Date(r.at).getTime(),
-      pid: r.pid,
-      attempt: r.attempt,
-      isReplay: r.is_replay,
-    }));
-    for (let i = 1; i < handlings.length; i++) {
-      duplicates++;
-      bump(duplicatesByCause, causeOf(handlings[i - 1], handlings[i], faults, killedWorkers));
-    }
-  }
+  // 7. Ordered consumers, per key.
+  const ordered = await verifyOrdered(stack, writers, runsByPair);
+  failures.push(...orderedFailures(ordered));
 
   return {
     stored,
@@ -244,6 +357,144 @@ export async function verify(
     duplicates,
     duplicatesByCause,
     transactionalDuplicates,
+    pairOverlaps,
+    overlapExamples,
+    slowRuns,
+    unknownEnds,
+    ordered,
     failures,
   };
+}
+
+function orderedFailures(o: OrderedVerdict): string[] {
+  const out: string[] = [];
+  if (o.keys === 0) out.push('ordered consumers: no keyed notification was checked');
+  if (o.sequenceBroken > 0) {
+    out.push(`ordered: ${o.sequenceBroken} keyed notifications break their key's commit sequence`);
+  }
+  if (o.missing > 0) out.push(`ordered: ${o.missing} keyed notifications were never handled`);
+  if (o.outOfOrder > 0) {
+    out.push(`ordered: ${o.outOfOrder} runs started before the key's previous one completed`);
+  }
+  if (o.overlaps > 0) out.push(`ordered: ${o.overlaps} runs overlapped another run of their key`);
+  return out;
+}
+
+/** Check 7, for every ordered consumer and key. */
+async function verifyOrdered(
+  stack: Stack,
+  writers: WriterTotals,
+  runsByPair: Map<string, Run[]>,
+): Promise<OrderedVerdict> {
+  const { pool, schema, soakSchema } = stack;
+  const v: OrderedVerdict = {
+    keys: 0,
+    notifications: 0,
+    sequenceBroken: 0,
+    missing: 0,
+    outOfOrder: 0,
+    overlaps: 0,
+    unknownEnds: 0,
+    examples: [],
+  };
+  const example = (text: string): void => {
+    if (v.examples.length < 10) v.examples.push(text);
+  };
+  // The writers' truth: each key's last committed version.
+  const { rows: truthRows } = await pool.query<{ key: string; version: number }>(
+    `SELECT key, version FROM ${soakSchema}.accounts
+     UNION ALL SELECT '${soakSchema}.rows:' || id, version FROM ${soakSchema}.rows`,
+  );
+  const truth = new Map(truthRows.map((r) => [r.key, r.version]));
+  for (const [key, version] of writers.ackedVersions) {
+    if ((truth.get(key) ?? 0) < version) {
+      v.sequenceBroken++;
+      example(`${key}: version ${version} was acknowledged, the table has ${truth.get(key)}`);
+    }
+  }
+  for (const consumer of ORDERED) {
+    const { rows } = await pool.query<{
+      id: string;
+      key: string;
+      version: number | null;
+      completed_at: Date | null;
+    }>(
+      `SELECT n.id::text AS id, n.key,
+              coalesce(n.payload->>'version', n.payload->'new'->>'version')::int AS version,
+              (SELECT min(l.logged_at) FROM ${soakSchema}.ledger_log l
+                WHERE l.consumer_id = s.consumer_id AND l.notification_id = n.id
+                  AND l.status IN ('completed', 'skipped')) AS completed_at
+         FROM ${schema}.notifications n
+         JOIN ${schema}.subscriptions s ON s.channel = n.channel
+          AND ${schema}.is_owed(n.id, n.xid, s.after_id, s.boundary)
+        WHERE s.consumer_id = $1 AND n.key IS NOT NULL
+        ORDER BY n.key, n.id`,
+      [consumer],
+    );
+    const byKey = new Map<string, typeof rows>();
+    for (const r of rows) {
+      const list = byKey.get(r.key);
+      if (list) list.push(r);
+      else byKey.set(r.key, [r]);
+    }
+    v.keys += byKey.size;
+    v.notifications += rows.length;
+    for (const [key, list] of byKey) {
+      // The sequence: versions 1..N in id order, N the table's version.
+      list.forEach((r, i) => {
+        if (r.version !== i + 1) {
+          v.sequenceBroken++;
+          example(
+            `${consumer} ${key}: notification ${r.id} is #${i + 1} by id, version ${r.version}`,
+          );
+        }
+      });
+      if (list.length !== truth.get(key)) {
+        v.sequenceBroken++;
+        example(
+          `${consumer} ${key}: ${list.length} notifications, the table's version is ${truth.get(key)}`,
+        );
+      }
+      // Commit order: each notification's first run starts after the previous one completed.
+      const keyRuns: Run[] = [];
+      let previous: { id: string; completedAt: number | undefined } | undefined;
+      for (const r of list) {
+        const runs = runsByPair.get(`${consumer}:${r.id}`) ?? [];
+        if (runs.length === 0) {
+          v.missing++;
+          example(`${consumer} ${key}: notification ${r.id} (version ${r.version}) never handled`);
+        }
+        keyRuns.push(...runs);
+        const first = runs[0];
+        if (first && previous) {
+          if (previous.completedAt === undefined || first.start < previous.completedAt) {
+            v.outOfOrder++;
+            example(
+              `${consumer} ${key}: ${r.id} started ${iso(first.start)}, before ${previous.id} completed (${iso(previous.completedAt)})`,
+            );
+          }
+        }
+        const lastRun = runs[runs.length - 1];
+        previous = { id: r.id, completedAt: r.completed_at?.getTime() ?? lastRun?.end };
+      }
+      // Never two runs of the key at once.
+      keyRuns.sort((a, b) => a.start - b.start);
+      let lastEnd = -Infinity;
+      let lastRun: Run | undefined;
+      for (const run of keyRuns) {
+        if (run.start < lastEnd) {
+          v.overlaps++;
+          example(
+            `${consumer} ${key}: ${run.id} started ${iso(run.start)} while ${lastRun?.id} ran (to ${iso(lastRun?.end)})`,
+          );
+        }
+        if (run.end === undefined) v.unknownEnds++;
+        else if (run.end > lastEnd) {
+          lastEnd = run.end;
+          lastRun = run;
+        }
+      }
+    }
+  }
+  return v;
 }
