@@ -13,10 +13,20 @@ interface Lane {
   consumerId: string;
   ids: Set<string>;
   waiters: Waiter[];
-  busy: boolean;
+  /** Queries of this lane in flight (at most {@link IN_FLIGHT}). */
+  inFlight: number;
+  /** A send is scheduled for the end of this tick. */
+  scheduled: boolean;
   failures: number;
   timer: NodeJS.Timeout | undefined;
 }
+
+/**
+ * Queries one consumer may have in flight. Two, not one: with one, a question asked just after a
+ * query left waits for that query and then its own (two round trips); with two it leaves at the
+ * end of its tick. Measured in bench/drain.ts (docs/performance.md).
+ */
+const IN_FLIGHT = 1;
 
 /** A notification id as the bridge writes it: a positive bigint in decimal. */
 const NOTIFICATION_ID = /^[1-9][0-9]{0,18}$/;
@@ -32,9 +42,9 @@ export class LookupClosedError extends Error {
 /**
  * Asks the delivery ledger "did this consumer already complete these notifications?" for every
  * attempt a worker starts, batched: the questions of one consumer asked within the same tick, or
- * while its previous query is in flight, go to Postgres as one `= ANY($ids)` query on the
+ * while two of its queries are in flight, go to Postgres as one `= ANY($ids)` query on the
  * deliveries primary key (`Store.completedAmong`). So an idle worker answers after one round
- * trip, and a busy one sends one query per round trip however many jobs start meanwhile (the
+ * trip, and a busy one sends at most two queries per round trip however many jobs start meanwhile (the
  * group commit of {@link LedgerWriter}, applied to reads).
  *
  * Why every attempt: BullMQ's job id dedupes only while the job exists. A job removed on
@@ -72,8 +82,12 @@ export class CompletedLookup {
     return new Promise((resolve, reject) => {
       lane.waiters.push({ resolve, reject });
       // First question of the tick: ask once the tick's other jobs have asked theirs too.
-      if (!lane.busy && lane.timer === undefined && lane.waiters.length === 1) {
-        setImmediate(() => this.send(lane));
+      if (!lane.scheduled && lane.inFlight < IN_FLIGHT && lane.timer === undefined) {
+        lane.scheduled = true;
+        setImmediate(() => {
+          lane.scheduled = false;
+          this.send(lane);
+        });
       }
     });
   }
@@ -102,7 +116,8 @@ export class CompletedLookup {
         consumerId,
         ids: new Set(),
         waiters: [],
-        busy: false,
+        inFlight: 0,
+        scheduled: false,
         failures: 0,
         timer: undefined,
       };
@@ -112,14 +127,14 @@ export class CompletedLookup {
   }
 
   private send(lane: Lane): void {
-    if (lane.busy || lane.waiters.length === 0 || this.closed) return;
+    if (lane.inFlight >= IN_FLIGHT || lane.waiters.length === 0 || this.closed) return;
     const waiters = lane.waiters.splice(0);
     const ids = [...lane.ids];
     lane.ids.clear();
-    lane.busy = true;
+    lane.inFlight++;
     this.store.completedAmong(this.db, lane.consumerId, ids).then(
       (completed) => {
-        lane.busy = false;
+        lane.inFlight--;
         if (lane.failures > 0) {
           this.log.info({ consumer: lane.consumerId }, 'ledger lookups work again');
           lane.failures = 0;
@@ -129,7 +144,7 @@ export class CompletedLookup {
         this.send(lane);
       },
       (error: unknown) => {
-        lane.busy = false;
+        lane.inFlight--;
         lane.failures++;
         if (lane.failures === 1 || lane.failures % 10 === 0) {
           this.log.warn(
@@ -149,6 +164,7 @@ export class CompletedLookup {
         for (const id of ids) lane.ids.add(id);
         lane.waiters.unshift(...waiters);
         const delay = Math.min(this.retryMs.max, this.retryMs.min * 2 ** (lane.failures - 1));
+        if (lane.timer !== undefined) return; // the other query in flight failed too
         lane.timer = setTimeout(() => {
           lane.timer = undefined;
           this.send(lane);

@@ -8,6 +8,7 @@ import type { Attempts } from './attempt.js';
 import type { CompletedLookup } from './ledger-lookup.js';
 import type { TransactionRunner } from './transaction.js';
 import type { KeyGate } from './ordering.js';
+import type { Slots } from './slots.js';
 import { attemptOf, isPermanent, singleEntryOf } from './job-data.js';
 import { toNotification, type Notification, type NotificationJobData } from './notification.js';
 import { errorMessage } from '../util.js';
@@ -31,6 +32,8 @@ export interface ProcessorDeps {
   transactions: TransactionRunner | undefined;
   /** The ordering gate of an ordered consumer (docs/ordering.md); undefined otherwise. */
   gate?: KeyGate;
+  /** The consumer's handler slots (`concurrency`); BullMQ holds more jobs than that. */
+  slots?: Slots;
 }
 
 /** What the processor returns for a job the ledger already records as completed. */
@@ -69,10 +72,13 @@ export function createJobProcessor(
     // A payload over the inline limit travels by reference: read it from the row first.
     const [loaded] = await withPayloads(deps.db, deps.store.schema, [data]);
     const notification = notificationOf(loaded, attempt, isReplay);
+    // The ledger and gate are asked before a slot is taken, so their round trips overlap the
+    // handlers running meanwhile (src/consume/slots.ts).
+    const release = await deps.slots?.acquire();
     const started = performance.now();
     let ran: Ran;
     try {
-      ran = await runHandler(def, deps, notification, job);
+      ran = await runHandler(def, deps, notification, job).finally(release);
     } catch (error) {
       const final = await failed(def, deps, job, data, attempt, started, error);
       if (final && deps.gate?.mode === 'skip') await deps.gate.release(data);

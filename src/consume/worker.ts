@@ -16,6 +16,7 @@ import { createPool } from '../db/pool.js';
 import { Store } from '../db/store.js';
 import { LedgerWriter } from './ledger.js';
 import { CompletedLookup } from './ledger-lookup.js';
+import { Slots, fetchSlotsFor } from './slots.js';
 import { TransactionRunner, transactionPool } from './transaction.js';
 import { stopWorkers } from './shutdown.js';
 import { redactSecrets, silentLogger, type Logger } from '../log.js';
@@ -71,7 +72,7 @@ class ConsumerWorkers implements PgqWorker {
     this.pool = createPool(
       {
         connectionString: options.settings.databaseUrl,
-        max: 3,
+        max: 4,
         connectionTimeoutMillis: 10_000,
         application_name: 'pgq-bridge work',
       },
@@ -219,6 +220,7 @@ class ConsumerWorkers implements PgqWorker {
 
   /** A one-job-per-notification consumer's Workers: its concurrency split over fetchersFor(). */
   private startWorkers(def: SingleConsumerDefinition): Worker[] {
+    const concurrency = this.concurrencyOf(def);
     const processor = createJobProcessor(def, {
       store: this.store,
       db: this.pool,
@@ -236,10 +238,11 @@ class ConsumerWorkers implements PgqWorker {
         ledger: this.recordOutcomes,
         queue: lazyQueue(def.id, this.where(def.id), this.batchQueues),
       }),
+      slots: new Slots(concurrency),
     });
     // Each attempt in a CONSUMER span when @opentelemetry/api is installed (consume/tracing.ts).
     const traced = traceJobs(def.id, processor);
-    return startFetchers(def, traced, this.concurrencyOf(def), this.where(def.id));
+    return startFetchers(def, traced, fetchSlotsFor(concurrency), this.where(def.id));
   }
 
   close(): Promise<void> {
