@@ -13,6 +13,9 @@ import { withPayloads } from './payload-refs.js';
 import { toNotification, type Notification, type NotificationJobData } from './notification.js';
 import { errorMessage } from '../util.js';
 import { traceBatchCall } from './tracing.js';
+import type { KeyGate } from './ordering.js';
+import { runInTurn } from './ordered-batch.js';
+import { Slots } from './slots.js';
 
 const NONE: ReadonlySet<string> = new Set();
 
@@ -41,6 +44,8 @@ export interface BatchRunnerDeps {
   jobIdFor: (notificationId: string) => string;
   /** Leaves a job of channels this definition does not list to other workers (rolling deploys). */
   leaveForeign?: (job: Job, channels: readonly string[]) => Promise<unknown>;
+  /** The ordering gate of an ordered consumer (docs/ordering.md); undefined otherwise. */
+  gate?: KeyGate;
 }
 
 /** One BullMQ job waiting for, or taking part in, a handler call. */
@@ -67,6 +72,7 @@ interface Member {
  *   up, or `PermanentError`) and holds several notifications, it is split: each notification gets
  *   a job of its own (`n<id>`, full attempts) and the batch job completes with `{ split }`. A
  *   single notification that fails for good is a dead letter, recorded as failed in the ledger.
+ * - Ordered consumers run only the notifications whose turn has come ({@link runInTurn}).
  */
 export class BatchRunner {
   /** BullMQ concurrency for the consumer's Worker. */
@@ -74,8 +80,7 @@ export class BatchRunner {
   private readonly size: number;
   private readonly maxWaitMs: number;
   private open: { members: Member[]; count: number; timer: NodeJS.Timeout } | undefined;
-  private running = 0;
-  private readonly gate: (() => void)[] = [];
+  private readonly slots: Slots;
 
   constructor(
     private readonly def: BatchConsumerDefinition,
@@ -83,12 +88,13 @@ export class BatchRunner {
   ) {
     this.size = def.batch.size;
     this.maxWaitMs = def.batch.maxWaitMs;
+    this.slots = new Slots(deps.concurrency);
     const merging = this.maxWaitMs > 0 && this.size > 1;
     this.workerConcurrency = deps.concurrency + (merging ? Math.min(this.size, MERGE_SLOTS) : 0);
   }
 
   /** The BullMQ processor. */
-  readonly process = async (job: Job): Promise<unknown> => {
+  readonly process = async (job: Job, token?: string): Promise<unknown> => {
     const parsed = entriesOf(job);
     const unsubscribed = await this.deps.leaveForeign?.(
       job,
@@ -105,24 +111,45 @@ export class BatchRunner {
           )
         : NONE;
     const entries = parsed.entries.filter((e) => !done.has(e.id));
-    if (entries.length === 0) return { skipped: 'already completed per the ledger' };
+    const gate = this.deps.gate;
+    if (entries.length === 0) {
+      await gate?.releaseAll(parsed.entries); // its run may have died before promoting
+      return { skipped: 'already completed per the ledger' };
+    }
+    if (!gate) return this.runJob(job, entries, entries, attempt, parsed.replay);
+    return runInTurn(gate, job, token, entries, (ready) =>
+      this.runJob(job, ready, entries, attempt, parsed.replay),
+    );
+  };
+
+  /**
+   * Runs `ready` (the job's notifications whose turn has come; all of `entries` when the
+   * consumer is not ordered) in a handler call; on failure retries, splits or dead-letters.
+   */
+  private async runJob(
+    job: Job,
+    ready: NotificationJobData[],
+    entries: NotificationJobData[],
+    attempt: number,
+    isReplay: boolean,
+  ): Promise<unknown> {
     try {
       await new Promise<void>((resolve, reject) => {
         const member: Member = {
           job,
-          entries,
+          entries: ready,
           attempt,
-          isReplay: parsed.replay,
+          isReplay,
           settle: (error) => (error === undefined ? resolve() : reject(error)),
         };
-        if (attempt === 1 && this.maxWaitMs > 0 && entries.length < this.size) this.gather(member);
+        if (attempt === 1 && this.maxWaitMs > 0 && ready.length < this.size) this.gather(member);
         else void this.run([member]);
       });
-      return { handled: entries.length };
+      return { handled: ready.length };
     } catch (error) {
       return this.failed(job, entries, attempt, error);
     }
-  };
+  }
 
   /** Adds a small first-attempt job to the open group; the group runs when full or when due. */
   private gather(member: Member): void {
@@ -157,7 +184,7 @@ export class BatchRunner {
 
   /** One handler call for `members` (at most `concurrency` at once); settles every member. */
   private async run(members: Member[]): Promise<void> {
-    await this.acquire();
+    const releaseSlot = await this.slots.acquire();
     const started = performance.now();
     let error: unknown;
     try {
@@ -170,14 +197,15 @@ export class BatchRunner {
     } catch (caught) {
       error = caught ?? new Error('batch handler threw a nullish value');
     } finally {
-      this.release();
+      releaseSlot();
     }
     const seconds = (performance.now() - started) / 1000;
     if (error === undefined) {
       await Promise.all(
         members.map(async (m) => {
           this.deps.metrics?.observeJob(this.def.id, 'completed', seconds);
-          const keep = m.job.opts.removeOnComplete;
+          // Ordered: the next of a key may start once this is in Postgres, so it is written now.
+          const keep = this.deps.gate ? true : m.job.opts.removeOnComplete;
           // A transactional call committed its ledger rows with the handler's writes.
           if (!this.def.transactional) {
             await Promise.all(
@@ -251,8 +279,9 @@ export class BatchRunner {
       'failed',
       attempt,
       errorMessage(error).slice(0, 2000),
-      job.opts.removeOnFail,
+      this.deps.gate ? true : job.opts.removeOnFail,
     );
+    if (this.deps.gate?.mode === 'skip') await this.deps.gate.release(entries[0]);
     throw error;
   }
 
@@ -267,19 +296,5 @@ export class BatchRunner {
       { consumerId: this.def.id, notificationId: e.id, status, attempts, lastError },
       keep,
     );
-  }
-
-  private acquire(): Promise<void> {
-    if (this.running < this.deps.concurrency) {
-      this.running++;
-      return Promise.resolve();
-    }
-    return new Promise((resolve) => this.gate.push(resolve));
-  }
-
-  private release(): void {
-    const next = this.gate.shift();
-    if (next) next();
-    else this.running--;
   }
 }

@@ -71,12 +71,12 @@ export function validateConsumer(value: unknown, where: string): ConsumerDefinit
   if (def.startFrom !== undefined && def.startFrom !== 'beginning' && def.startFrom !== 'now') {
     fail(`startFrom must be 'beginning' or 'now'`);
   }
-  validateOrdered(def.ordered, def.batch !== undefined, fail);
+  validateOrdered(def.ordered, fail);
   return def as unknown as ConsumerDefinition;
 }
 
 /** Checks `ordered` (see {@link ConsumerOptions.ordered}). */
-function validateOrdered(ordered: unknown, isBatch: boolean, fail: (m: string) => never): void {
+function validateOrdered(ordered: unknown, fail: (m: string) => never): void {
   if (ordered === undefined || ordered === false) return;
   if (ordered !== true) {
     const mode =
@@ -87,9 +87,6 @@ function validateOrdered(ordered: unknown, isBatch: boolean, fail: (m: string) =
       fail(`ordered must be true, false or { onDeadLetter: 'block' | 'skip' }`);
     }
   }
-  // Ordered batches would need a key's notifications split across batch jobs in order and no
-  // two batches of one key at once; not built yet, so refused rather than silently unordered.
-  if (isBatch) fail('ordered is not supported with batch (use a one-notification consumer)');
 }
 
 /** Checks a list of definitions, refusing duplicate ids. */

@@ -1,7 +1,10 @@
-import { DelayedError, Job, Queue, type ConnectionOptions } from 'bullmq';
+import { DelayedError, type Job, type Queue } from 'bullmq';
 import type { ConsumerOptions } from './consumers.js';
 import type { NotificationJobData } from './notification.js';
-import { jobIdFor } from '../bridge/plan.js';
+import { TickBatch } from './tick-batch.js';
+import { waitMs, waitsOf } from './waits.js';
+import { byId, firstOfEachKey, lastOfEachKey, type PackTurn } from './pack-turn.js';
+import { promoteWaiting, recordWaiting } from './promotion.js';
 import {
   finishedStatuses,
   type DeadLetterMode,
@@ -23,68 +26,6 @@ export function deadLetterModeOf(def: Pick<ConsumerOptions, 'ordered'>): DeadLet
   return ordered.onDeadLetter ?? 'block';
 }
 
-/**
- * First re-check of a waiting notification, doubled on each further wait up to
- * {@link MAX_WAIT_MS}. Long on purpose: a waiting notification is promoted the moment the one
- * before it finishes (and looks again right after it moved to the delayed set, which closes the
- * race with that promotion), so the wait is only a safety net for a promotion lost to a Redis or
- * Postgres error. Short waits made every queued notification of a busy key come back again and
- * again for nothing: 10 keys drained at 60/s with 0.5 s, against 875/s unordered.
- */
-export const FIRST_WAIT_MS = 5000;
-/** Longest wait between two checks (see {@link FIRST_WAIT_MS}). */
-export const MAX_WAIT_MS = 60_000;
-
-/**
- * How long a job waits before it looks again, after `waits` earlier waits. Jittered (±25%) so
- * that the notifications queued behind one key do not all wake in the same millisecond.
- */
-export function waitMs(waits: number, random = Math.random): number {
-  const base = Math.min(MAX_WAIT_MS, FIRST_WAIT_MS * 2 ** Math.min(waits, 10));
-  return Math.round(base * (0.75 + random() / 2));
-}
-
-/**
- * Times this job already waited for its key: BullMQ counts every start (`attemptsStarted`) but
- * moving a job to delayed uses no attempt (`attemptsMade`), so the difference is the waits (plus
- * stalled restarts, which only lengthen the next wait).
- */
-export function waitsOf(job: Pick<Job, 'attemptsStarted' | 'attemptsMade'>): number {
-  return Math.max(0, job.attemptsStarted - job.attemptsMade - 1);
-}
-
-/** Runs `load` once for every item requested in the same tick of the event loop. */
-class TickBatch<I, O> {
-  private pending: {
-    item: I;
-    resolve: (o: O | undefined) => void;
-    reject: (e: unknown) => void;
-  }[] = [];
-
-  constructor(
-    private readonly load: (items: I[]) => Promise<Map<string, O>>,
-    private readonly idOf: (item: I) => string,
-  ) {}
-
-  get(item: I): Promise<O | undefined> {
-    return new Promise((resolve, reject) => {
-      if (this.pending.length === 0) setImmediate(() => void this.flush());
-      this.pending.push({ item, resolve, reject });
-    });
-  }
-
-  private async flush(): Promise<void> {
-    const batch = this.pending;
-    this.pending = [];
-    try {
-      const found = await this.load(batch.map((b) => b.item));
-      for (const b of batch) b.resolve(found.get(this.idOf(b.item)));
-    } catch (error) {
-      for (const b of batch) b.reject(error);
-    }
-  }
-}
-
 /** What a {@link KeyGate} needs from its worker. */
 export interface KeyGateDeps {
   sql: OrderingSql;
@@ -92,6 +33,12 @@ export interface KeyGateDeps {
   log: Logger;
   /** The consumer's queue (to promote the next job of a key). */
   queue: () => Queue;
+  /**
+   * The consumer's jobs may carry several notifications (batch and packed consumers): a
+   * promotion then also looks for the job recorded as waiting for the notification
+   * ({@link KeyGate.waitForRest}), whose id is not derivable from it.
+   */
+  packs?: boolean;
 }
 
 /**
@@ -105,6 +52,8 @@ export class KeyGate {
   private readonly finished: Set<string>;
   private readonly before: TickBatch<KeyedDelivery, Predecessor>;
   private readonly after: TickBatch<KeyedDelivery, string>;
+  /** Keys held by the jobs of this process that {@link admitPack} let through (count each). */
+  private readonly held = new Map<string, number>();
 
   constructor(
     readonly consumerId: string,
@@ -176,12 +125,12 @@ export class KeyGate {
    * key if it is waiting. Never throws: a lost promotion only lets the next one wait out its
    * delay.
    */
-  async release(data: NotificationJobData): Promise<void> {
+  async release(data: Pick<NotificationJobData, 'id' | 'key'>): Promise<void> {
     if (data.key === undefined) return;
     try {
       const next = await this.after.get({ id: data.id, key: data.key });
       if (next === undefined) return;
-      await promoteJob(this.deps.queue(), jobIdFor(next));
+      await promoteWaiting(this.deps.queue(), next, this.deps.packs === true);
     } catch (error) {
       this.deps.log.warn(
         {
@@ -192,6 +141,125 @@ export class KeyGate {
         'could not promote the next notification of the key; it starts when its wait ends',
       );
     }
+  }
+
+  /**
+   * Splits the notifications of a job (a pack, a merged group, a single one) into those whose
+   * turn has come and those that must wait. A keyed notification may run when the notification
+   * owed just before it with its key is finished or is itself ready in this list, and no other
+   * job of this process holds its key. Notifications without a key are always ready. One
+   * batched statement (with the other jobs asking in the same tick). Throws on a Postgres error.
+   */
+  async turnOf(entries: readonly NotificationJobData[]): Promise<PackTurn> {
+    const sorted = [...entries].sort(byId);
+    const keyed = sorted.filter(
+      (e): e is KeyedDelivery & NotificationJobData => e.key !== undefined,
+    );
+    const prevs = await this.before.getAll(keyed.map((e) => ({ id: e.id, key: e.key })));
+    const turn: PackTurn = { ready: [], waiting: [], behindDeadLetter: false };
+    const readyIds = new Set<string>();
+    const blocked = new Set<string>();
+    for (const e of sorted) {
+      if (e.key === undefined) {
+        turn.ready.push(e);
+        continue;
+      }
+      const prev = prevs.get(e.id);
+      const clear =
+        !blocked.has(e.key) &&
+        !this.held.has(e.key) &&
+        (this.isClear(prev) || (prev?.id != null && readyIds.has(prev.id)));
+      if (clear) {
+        turn.ready.push(e);
+        readyIds.add(e.id);
+        continue;
+      }
+      if (!blocked.has(e.key) && prev?.status === 'failed') turn.behindDeadLetter = true;
+      blocked.add(e.key);
+      turn.waiting.push(e);
+    }
+    return turn;
+  }
+
+  /**
+   * The gate of a job carrying several notifications. Resolves with its {@link PackTurn} when
+   * at least one notification may run; the ready ones' keys are then held in this process
+   * until {@link letGo} (call it in a `finally`). When none may run, the job waits in BullMQ's
+   * delayed set (no attempt used; see {@link waitForRest}) and this throws `DelayedError`.
+   *
+   * The caller runs `ready` (in this order per key), records their outcomes in Postgres, calls
+   * {@link releaseAll} for the finished ones and {@link letGo}, and then, if `waiting` is not
+   * empty, {@link waitForRest}: the job comes back when their turn has come, and the ledger
+   * leaves out what already completed. Running the ready part first (rather than waiting until
+   * every key of the job may run) is what makes two jobs that each hold a key the other waits
+   * for (several listeners, replays, split batches) unable to wait for each other for ever.
+   */
+  async admitPack(
+    job: Job,
+    token: string | undefined,
+    entries: readonly NotificationJobData[],
+  ): Promise<PackTurn> {
+    let turn: PackTurn;
+    try {
+      turn = await this.turnOf(entries);
+    } catch (error) {
+      this.deps.log.warn(
+        { consumer: this.consumerId, jobId: job.id, err: redactSecrets(errorMessage(error)) },
+        'ordering check failed; the job waits and checks again',
+      );
+      await this.wait(job, token, waitMs(waitsOf(job)));
+      throw new DelayedError('ordering check failed; waiting');
+    }
+    if (turn.ready.length === 0) return this.waitForRest(job, token, turn);
+    for (const e of turn.ready) {
+      if (e.key !== undefined) this.held.set(e.key, (this.held.get(e.key) ?? 0) + 1);
+    }
+    return turn;
+  }
+
+  /** Lets go of the keys {@link admitPack} held for `ready`. */
+  letGo(ready: readonly NotificationJobData[]): void {
+    for (const e of ready) {
+      if (e.key === undefined) continue;
+      const n = (this.held.get(e.key) ?? 1) - 1;
+      if (n <= 0) this.held.delete(e.key);
+      else this.held.set(e.key, n);
+    }
+  }
+
+  /**
+   * Sends the job back to BullMQ's delayed set until the `waiting` notifications' turn comes,
+   * and throws `DelayedError` (let it through the processor). Records the job as waiting for
+   * the first waiting notification of each key, so that the promotion made when its predecessor
+   * finishes ({@link release}, {@link releaseAll}, `consumers skip`) finds it; then looks once
+   * more, now that it is delayed, which closes the race with a promotion made meanwhile. The
+   * delay (5 s doubling to 60 s, 60 s behind a dead letter) is only the safety net.
+   */
+  async waitForRest(job: Job, token: string | undefined, turn: PackTurn): Promise<never> {
+    const firsts = firstOfEachKey(turn.waiting).map((e) => e.id);
+    if (job.id !== undefined) {
+      await recordWaiting(this.deps.queue(), job.id, firsts).catch((error: unknown) =>
+        this.deps.log.warn(
+          { consumer: this.consumerId, jobId: job.id, err: redactSecrets(errorMessage(error)) },
+          'could not record the waiting job; it starts when its wait ends',
+        ),
+      );
+    }
+    await this.wait(job, token, waitMs(turn.behindDeadLetter ? 10 : waitsOf(job)));
+    const again = await this.turnOf(turn.waiting).catch(() => turn);
+    if (again.ready.length > 0) await job.promote().catch(() => undefined);
+    throw new DelayedError(
+      `job ${job.id ?? '?'} waits for earlier notifications of ${firsts.length} key(s)`,
+    );
+  }
+
+  /**
+   * After the notifications of a job finished (outcomes in Postgres): promotes, for each key
+   * among them, the job of the next notification of the key (its own `n<id>` job, or the job
+   * recorded as waiting for it). Never throws.
+   */
+  async releaseAll(finished: readonly NotificationJobData[]): Promise<void> {
+    await Promise.all(lastOfEachKey(finished).map((e) => this.release(e)));
   }
 }
 
@@ -208,56 +276,4 @@ export function createKeyGate(
   if (mode === null) return undefined;
   if (!deps.ledger) throw new RangeError(`consumer ${def.id}: ordered needs the delivery ledger`);
   return new KeyGate(def.id, mode, deps);
-}
-
-/**
- * Moves a delayed job to waiting; a job that is not delayed (waiting, active, not yet bridged)
- * is left alone. One round trip: the job is addressed by id, not fetched.
- */
-export async function promoteJob(queue: Queue, jobId: string): Promise<boolean> {
-  try {
-    await new Job(queue, 'promote', null, {}, jobId).promote();
-    return true;
-  } catch (error) {
-    // BullMQ's texts for "not in the delayed state" and "no such job" (finished-errors.js).
-    if (/not in the delayed state|Missing key for job/.test(errorMessage(error))) return false;
-    throw error;
-  }
-}
-
-/**
- * A getter that opens the consumer's Queue on first use and adds it to `opened` (which the
- * worker closes at shutdown).
- */
-export function lazyQueue(
-  name: string,
-  where: { connection: ConnectionOptions; prefix: string },
-  opened: Queue[],
-): () => Queue {
-  let queue: Queue | undefined;
-  return () => {
-    if (!queue) {
-      queue = new Queue(name, { connection: where.connection, prefix: where.prefix });
-      opened.push(queue);
-    }
-    return queue;
-  };
-}
-
-/**
- * After `consumers skip` gave up a delivery: promotes the job of the next notification of its
- * key (ordered consumers only), so the released key moves on at once. Best effort: the next one
- * also finds its way when its wait ends.
- */
-export async function promoteSuccessor(
-  db: Queryable,
-  queue: Queue,
-  schema: string,
-  consumerId: string,
-  notificationId: string,
-): Promise<void> {
-  const next = await new OrderingSql(schema)
-    .successorOfId(db, consumerId, notificationId)
-    .catch(() => null);
-  if (next !== null) await promoteJob(queue, jobIdFor(next)).catch(() => false);
 }

@@ -23,7 +23,8 @@ import { redactSecrets, silentLogger, type Logger } from '../log.js';
 import { Attempts } from './attempt.js';
 import { createJobProcessor } from './processor.js';
 import { traceJobs } from './tracing.js';
-import { createKeyGate, lazyQueue } from './ordering.js';
+import { createKeyGate } from './ordering.js';
+import { lazyQueue } from './promotion.js';
 import { OrderingSql } from '../db/ordering.js';
 import { startFetcher, startFetchers, type FetcherConnection } from './fetchers.js';
 import { registerConsumers, touchDefinitions } from './registration.js';
@@ -194,7 +195,7 @@ class ConsumerWorkers implements PgqWorker {
   /** A batch consumer's Worker: jobs of several notifications, one handleBatch call each. */
   private startBatchWorker(def: BatchConsumerDefinition): Worker {
     const where = this.where(def.id);
-    let queue: Queue | undefined;
+    const queue = lazyQueue(def.id, where, this.batchQueues);
     const runner = new BatchRunner(def, {
       store: this.store,
       db: this.pool,
@@ -205,15 +206,17 @@ class ConsumerWorkers implements PgqWorker {
       attempts: this.attempts,
       transactions: this.transactions,
       metrics: this.options.metrics,
-      queue: () => {
-        if (!queue) {
-          queue = new Queue(def.id, where);
-          this.batchQueues.push(queue);
-        }
-        return queue;
-      },
+      queue,
       jobIdFor,
       leaveForeign: this.foreignGuard(def),
+      gate: createKeyGate(def, {
+        sql: new OrderingSql(this.options.settings.schema),
+        db: this.pool,
+        log: this.log,
+        ledger: this.recordOutcomes,
+        queue,
+        packs: true,
+      }),
     });
     return startFetcher(def, runner.process, runner.workerConcurrency, where);
   }

@@ -17,7 +17,7 @@ import {
 import { errorMessage, withTimeout } from '../util.js';
 import { assertSchemaCurrent } from './checks.js';
 import { queueFigures, type JobCounts } from './status.js';
-import { promoteSuccessor } from '../consume/ordering.js';
+import { promoteSuccessor } from '../consume/promotion.js';
 
 /** Settings the consumer commands need. */
 export type ConsumerAdminSettings = Pick<Settings, 'databaseUrl' | 'schema' | 'prefix'> &

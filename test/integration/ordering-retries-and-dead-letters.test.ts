@@ -275,21 +275,7 @@ describe('an ordered consumer', () => {
     expect(done).toEqual([s1, s3]);
   });
 
-  it('refuses ordered with batch, and a bad onDeadLetter, with a clear error', () => {
-    expect(() =>
-      createWorker({
-        settings: apiSettings(t),
-        consumers: [
-          {
-            id: 'ob',
-            channels: ['x'],
-            ordered: true,
-            batch: { size: 10, maxWaitMs: 10 },
-            handleBatch() {},
-          },
-        ],
-      }),
-    ).toThrow(/ordered is not supported with batch/);
+  it('refuses a bad onDeadLetter with a clear error', () => {
     expect(() =>
       createWorker({
         settings: apiSettings(t),

@@ -1,11 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import {
-  FIRST_WAIT_MS,
-  MAX_WAIT_MS,
-  deadLetterModeOf,
-  waitMs,
-  waitsOf,
-} from '../../src/consume/ordering.js';
+import { FIRST_WAIT_MS, MAX_WAIT_MS, waitMs, waitsOf } from '../../src/consume/waits.js';
+import { deadLetterModeOf } from '../../src/consume/ordering.js';
 import { finishedStatuses } from '../../src/db/ordering.js';
 import { formatBlockedKeys } from '../../src/operate/blocked-keys.js';
 
