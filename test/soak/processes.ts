@@ -7,6 +7,9 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startCli, type CliHandle } from '../support/cli.js';
 
+/** The listeners' `--enqueue-timeout` (s): short, so that a reply hold can outlast it. */
+export const ENQUEUE_TIMEOUT_S = 3;
+
 /** A kind of bridge process. */
 export type Role = 'listen' | 'work';
 
@@ -16,8 +19,12 @@ export interface BridgeProcess {
   handle: CliHandle;
   pid: number;
   startedAt: number;
+  /** The consumers dir a `work` process runs (the code version it runs). */
+  consumersDir?: string;
   /** When the soak killed it (kill -9), if it did. */
   killedAt?: number;
+  /** When the soak stopped it gracefully (SIGTERM, a rolling deploy), if it did. */
+  stoppedAt?: number;
 }
 
 function msgOf(line: { json?: Record<string, unknown> }): string | undefined {
@@ -34,9 +41,16 @@ export class ProcessSet {
   /** Every process ever started, in start order. */
   readonly all: BridgeProcess[] = [];
 
+  /** Problems seen by {@link stop}: a graceful stop that did not exit 0. */
+  readonly stopProblems: string[] = [];
+
+  /**
+   * @param consumersDir the consumers dir new `work` processes run (the current code version;
+   *   a rolling deploy changes it)
+   */
   constructor(
     private readonly env: NodeJS.ProcessEnv,
-    private readonly consumersDir: string,
+    public consumersDir: string,
     private readonly consumerCount: number,
     private readonly logsDir: string,
   ) {}
@@ -53,14 +67,22 @@ export class ProcessSet {
     );
   }
 
-  /** Starts one process of `role` and waits until it is ready (up to `timeoutMs`). */
-  async start(role: Role, timeoutMs = 60_000): Promise<BridgeProcess> {
+  /**
+   * Starts one process of `role` (a `work` process on `consumersDir`, default the current one)
+   * and waits until it is ready (up to `timeoutMs`).
+   */
+  async start(
+    role: Role,
+    consumersDir = this.consumersDir,
+    timeoutMs = 60_000,
+  ): Promise<BridgeProcess> {
     const args =
       role === 'listen'
-        ? ['listen']
-        : ['work', '--consumers-dir', this.consumersDir, '--shutdown-timeout', '10'];
+        ? ['listen', '--enqueue-timeout', String(ENQUEUE_TIMEOUT_S)]
+        : ['work', '--consumers-dir', consumersDir, '--shutdown-timeout', '10'];
     const handle = startCli(args, { env: this.env });
     const proc: BridgeProcess = { role, handle, pid: handle.pid, startedAt: Date.now() };
+    if (role === 'work') proc.consumersDir = consumersDir;
     this.all.push(proc);
     const deadline = Date.now() + timeoutMs;
     for (;;) {
@@ -90,6 +112,43 @@ export class ProcessSet {
     victim.handle.kill('SIGKILL');
     await victim.handle.waitForExit(10_000).catch(() => undefined);
     return victim;
+  }
+
+  /** SIGTERM to `proc` (a graceful stop); resolves when it exited (a non-zero exit is noted). */
+  async stop(proc: BridgeProcess, timeoutMs = 30_000): Promise<void> {
+    proc.stoppedAt = Date.now();
+    proc.handle.kill('SIGTERM');
+    try {
+      const exit = await proc.handle.waitForExit(timeoutMs);
+      if (exit.code !== 0) {
+        this.stopProblems.push(`${proc.role} pid ${proc.pid} stopped with ${JSON.stringify(exit)}`);
+      }
+    } catch {
+      this.stopProblems.push(`${proc.role} pid ${proc.pid} did not stop within ${timeoutMs} ms`);
+      proc.handle.killGroup('SIGKILL');
+    }
+  }
+
+  /** kill -9 of every running process of `role`; resolves when they are gone. */
+  async killAll(role: Role): Promise<BridgeProcess[]> {
+    const victims = this.running(role);
+    const at = Date.now();
+    for (const victim of victims) {
+      victim.killedAt = at;
+      victim.handle.kill('SIGKILL');
+    }
+    await Promise.all(victims.map((v) => v.handle.waitForExit(10_000).catch(() => undefined)));
+    return victims;
+  }
+
+  /** How many log lines (`msg`) of every process of `role` so far contain `text`. */
+  countLines(role: Role, text: string): number {
+    let n = 0;
+    for (const p of this.all) {
+      if (p.role !== role) continue;
+      for (const line of p.handle.lines()) if (msgOf(line)?.includes(text)) n++;
+    }
+    return n;
   }
 
   /** SIGTERM to every running process; resolves with those that did not exit 0. */

@@ -8,6 +8,10 @@
  * - `blackhole`: nothing flows either way and new connections hang, as in a partition: TCP keeps
  *   the connections, clients see nothing until the path heals (or their own timeouts fire).
  *   After `heal()` the held bytes flow on and held connections are connected upstream.
+ *
+ * And one way to stall it: `holdReplies()` keeps forwarding client→server bytes but holds every
+ * server→client byte (replies) until `heal()`: the server executes what it is sent (Redis accepts
+ * an `addBulk`), the client hears nothing (the listener cannot know, and its COMMIT waits).
  */
 import { createServer, connect, type Server, type Socket } from 'node:net';
 
@@ -24,6 +28,8 @@ export interface ProxyStats {
   held: number;
   /** Cuts so far. */
   cuts: number;
+  /** Reply holds so far. */
+  holds: number;
 }
 
 /** One proxied connection: the client side and its upstream, with manual flow control. */
@@ -36,10 +42,12 @@ const LOOPBACK = '127.0.0.1';
 
 /** A TCP proxy from 127.0.0.1:`port` to `targetHost:targetPort`, which can be cut and healed. */
 export class TcpProxy {
-  readonly stats: ProxyStats = { connections: 0, reset: 0, held: 0, cuts: 0 };
+  readonly stats: ProxyStats = { connections: 0, reset: 0, held: 0, cuts: 0, holds: 0 };
   private server: Server | undefined;
   private readonly pairs = new Set<Pair>();
   private mode: CutMode | undefined;
+  /** Server→client bytes are held (see {@link holdReplies}). */
+  private holding = false;
   private listenPort = 0;
 
   constructor(
@@ -77,7 +85,7 @@ export class TcpProxy {
 
   /** Cuts the path (see {@link CutMode}) until {@link heal}. */
   cut(mode: CutMode): void {
-    if (this.mode !== undefined) this.heal();
+    if (this.mode !== undefined || this.holding) this.heal();
     this.mode = mode;
     this.stats.cuts++;
     for (const pair of [...this.pairs]) {
@@ -86,10 +94,22 @@ export class TcpProxy {
     }
   }
 
+  /** Holds every reply (server→client) until {@link heal}; requests still reach the server. */
+  holdReplies(): void {
+    if (this.mode !== undefined) this.heal();
+    this.holding = true;
+    this.stats.holds++;
+    for (const pair of this.pairs) pair.upstream?.pause();
+  }
+
   /** Restores the path: held bytes flow again, held connections are connected upstream. */
   heal(): void {
     const mode = this.mode;
     this.mode = undefined;
+    if (this.holding) {
+      this.holding = false;
+      for (const pair of this.pairs) pair.upstream?.resume();
+    }
     if (mode !== 'blackhole') return;
     for (const pair of [...this.pairs]) {
       if (pair.upstream === undefined) this.connectUpstream(pair);
@@ -149,11 +169,12 @@ export class TcpProxy {
       if (this.mode !== 'blackhole') client.resume();
     });
     client.on('drain', () => {
-      if (this.mode !== 'blackhole') upstream.resume();
+      if (this.mode !== 'blackhole' && !this.holding) upstream.resume();
     });
     client.on('end', () => upstream.end());
     upstream.on('end', () => client.end());
     client.resume();
+    if (this.holding) upstream.pause();
   }
 
   private hold(pair: Pair): void {

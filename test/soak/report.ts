@@ -104,6 +104,10 @@ export function formatReport(input: {
       `overlapping runs of a key ${o.overlaps} (runs with an unknown end ${o.unknownEnds})`,
   );
   lines.push(
+    `rolling deploys: runs by code that does not list their channel ${v.foreignRuns}; ` +
+      `rollout at the end: ${v.rolloutAtEnd}`,
+  );
+  lines.push(
     `lost ${v.lost}; acknowledged but missing ${v.acknowledgedMissing}; ` +
       `run again after completed in the ledger ${v.rerunAfterCompleted}`,
   );

@@ -25,8 +25,9 @@ import { parseArgs } from 'node:util';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { runCli } from '../support/cli.js';
-import { runChaos, type Fault } from './chaos.js';
+import { FAULT_KINDS, runChaos, type Fault, type FaultKind } from './chaos.js';
 import { CHANNELS, CONSUMERS, KEYED_CHANNELS } from './consumers.js';
+import { RollingDeploys } from './deploy.js';
 import { RecoveryMonitor } from './monitor.js';
 import { ProcessSet, type Role } from './processes.js';
 import { formatReport, summarizeKinds } from './report.js';
@@ -39,17 +40,18 @@ const { values: args } = parseArgs({
   options: {
     minutes: { type: 'string', default: '3' },
     writers: { type: 'string', default: '8' },
-    rate: { type: 'string', default: '80' },
+    rate: { type: 'string', default: '60' },
     'keyed-writers': { type: 'string', default: '4' },
-    'keyed-rate': { type: 'string', default: '20' },
+    'keyed-rate': { type: 'string', default: '12' },
     keys: { type: 'string', default: '40' },
-    'verify-pause': { type: 'string', default: '3' },
+    'verify-pause': { type: 'string', default: '5' },
     listeners: { type: 'string', default: '2' },
     workers: { type: 'string', default: '2' },
     'gap-min': { type: 'string', default: '4' },
     'gap-max': { type: 'string', default: '10' },
     settle: { type: 'string', default: '25' },
     keep: { type: 'boolean', default: false },
+    faults: { type: 'string' },
     json: { type: 'string' },
   },
 });
@@ -80,6 +82,15 @@ const gapMs: [number, number] = [
 ];
 
 const settleS = positive('settle', args.settle);
+const faultKinds = args.faults?.split(',').map((kind) => {
+  if (!(FAULT_KINDS as readonly string[]).includes(kind)) {
+    process.stderr.write(
+      `soak: unknown fault kind ${JSON.stringify(kind)} (--faults ${FAULT_KINDS.join(',')})\n`,
+    );
+    process.exit(2);
+  }
+  return kind as FaultKind;
+});
 
 const started = Date.now();
 function log(message: string): void {
@@ -148,7 +159,10 @@ const reportedDead = new Set<number>();
 /** Keeps `count` processes of `role` running; returns descriptions of those that died alone. */
 async function replaceDead(processes: ProcessSet, role: Role, count: number): Promise<string[]> {
   const died = processes.all
-    .filter((p) => p.role === role && p.handle.exited && p.killedAt === undefined)
+    .filter(
+      (p) =>
+        p.role === role && p.handle.exited && p.killedAt === undefined && p.stoppedAt === undefined,
+    )
     .filter((p) => !reportedDead.has(p.pid) && reportedDead.add(p.pid))
     .map((p) => `${role} pid ${p.pid} exited by itself: ${p.handle.stderr().trim().slice(-500)}`);
   while (processes.running(role).length < count) await processes.start(role);
@@ -185,6 +199,7 @@ async function main(): Promise<number> {
       `stack up: postgres :${stack.postgres.port} (proxy :${stack.pgProxy.port}), redis :${stack.redis.port} (proxy :${stack.redisProxy.port})`,
     );
 
+    const deploys = new RollingDeploys(stack, processes);
     const monitor = new RecoveryMonitor(stack);
     monitor.start();
     const writers = startWriters({
@@ -215,10 +230,12 @@ async function main(): Promise<number> {
     const faults: Fault[] = await runChaos({
       stack,
       processes,
+      deploys,
       until: chaosEnd,
       gapMs,
       isSettled: () => monitor.settled(),
       settleMs: settleS * 1000,
+      kinds: faultKinds,
       onFault: (fault) => void monitor.track(fault),
       log,
     });
@@ -262,6 +279,7 @@ async function main(): Promise<number> {
     problems.push(...(await replaceDead(processes, 'listen', 0)));
     problems.push(...(await replaceDead(processes, 'work', 0)));
     problems.push(...(await processes.stopAll()));
+    problems.push(...processes.stopProblems);
 
     const verdict = await verify(stack, writers.totals, faults, processes.killedWorkers());
     const kinds = summarizeKinds(monitor.recoveries);

@@ -121,6 +121,9 @@ export async function createStack(runId: string): Promise<Stack> {
       ended_at timestamptz,
       -- How it ended: ok, thrown (a deliberate transient failure), failed (aborted or an error).
       outcome text,
+      -- The notification's channel, and the version of the consumers file that ran it (deploy.ts).
+      channel text NOT NULL,
+      code text NOT NULL,
       -- The writing transaction: a transactional consumer's handling shares it with its ledger row.
       xact bigint NOT NULL DEFAULT txid_current());
     CREATE INDEX ON ${soakSchema}.handled (consumer, notification_id);

@@ -19,9 +19,10 @@
  *    table says (commit order, nothing missing from the store), every one was handled, the
  *    first run of each starts only after the previous one was completed in the ledger, and no two
  *    runs of the key overlap.
+ * 8. Rolling deploys (deploy.ts): the old code never ran a job of a channel it does not list.
  */
 import type { Fault } from './chaos.js';
-import { ORDERED, TRANSACTIONAL } from './consumers.js';
+import { FIRST_VERSION, ORDERED, ROLLOUT, TIMED, TRANSACTIONAL } from './consumers.js';
 import type { Stack } from './stack.js';
 import type { WriterTotals } from './writers.js';
 
@@ -89,6 +90,10 @@ export interface Verdict {
   slowRuns: number;
   unknownEnds: number;
   ordered: OrderedVerdict;
+  /** Runs of the rollout consumer by a code version that does not list their channel. */
+  foreignRuns: number;
+  /** The rollout consumer's subscriptions and removed subscriptions at the end. */
+  rolloutAtEnd: string;
   /** Failures that make the soak exit non-zero. */
   failures: string[];
 }
@@ -119,7 +124,23 @@ function causeOf(
   if (earlier.outcome === 'thrown') return `${prefix}the earlier attempt failed on purpose`;
   if (earlier.slow) return `${prefix}the earlier run outlived its timeout`;
   if (earlier.outcome === 'failed') return `${prefix}the earlier attempt failed`;
-  return `${prefix}unexplained`;
+  const timeout = TIMED[earlier.consumer];
+  if (
+    !later.isReplay &&
+    timeout !== undefined &&
+    earlier.end !== undefined &&
+    earlier.end - earlier.start > timeout / 2
+  ) {
+    // Its attempt's timer started before the handler's first write: the run took about that long.
+    return `the earlier run took ${earlier.end - earlier.start >= timeout ? 'longer than' : 'close to'} its ${timeout} ms timeout (not on purpose: a loaded machine), retry`;
+  }
+  // No fault near: a stalled job (its lock not renewed in time on a loaded machine) or a
+  // duplicate job; said apart by the attempt numbers and the earlier run's outcome.
+  const how =
+    later.attempt > earlier.attempt ? 'a later attempt' : `attempt ${later.attempt} again`;
+  return `${prefix}unexplained: ${how} after a run that ended ${earlier.outcome ?? 'unknown'}${
+    later.pid === earlier.pid ? ', same process' : ''
+  }`;
 }
 
 function bump(counts: Record<string, number>, key: string, by = 1): void {
@@ -332,6 +353,26 @@ export async function verify(
     );
   }
 
+  // 8. Rolling deploys: v1 (which does not list the added channel) never ran one of its jobs.
+  const foreignRuns = await scalar(
+    `SELECT count(*)::int AS n FROM ${soakSchema}.handled
+      WHERE consumer = $1 AND code = $2 AND channel <> ALL($3::text[])`,
+    [ROLLOUT, FIRST_VERSION.code, FIRST_VERSION.rolloutChannels],
+  );
+  if (foreignRuns > 0) {
+    failures.push(`${foreignRuns} runs of ${ROLLOUT} by code that does not list their channel`);
+  }
+  const { rows: subs } = await pool.query<{ what: string }>(
+    `SELECT 'subscribed ' || channel || ' after id ' || after_id ||
+            CASE WHEN boundary IS NULL THEN '' ELSE ' (boundary ' || boundary::text || ')' END AS what
+       FROM ${schema}.subscriptions WHERE consumer_id = $1
+     UNION ALL
+     SELECT 'removed ' || channel || ' at ' || to_char(removed_at, 'HH24:MI:SS')
+       FROM ${schema}.removed_subscriptions WHERE consumer_id = $1`,
+    [ROLLOUT],
+  );
+  const rolloutAtEnd = subs.map((r) => r.what).join('; ');
+
   // 7. Ordered consumers, per key.
   const ordered = await verifyOrdered(stack, writers, runsByPair);
   failures.push(...orderedFailures(ordered));
@@ -362,6 +403,8 @@ export async function verify(
     slowRuns,
     unknownEnds,
     ordered,
+    foreignRuns,
+    rolloutAtEnd,
     failures,
   };
 }
