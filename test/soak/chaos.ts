@@ -130,6 +130,24 @@ async function addedNotCommitted(stack: Stack): Promise<number> {
   return n;
 }
 
+/**
+ * Deliveries of unbridged rows that the ledger records completed and whose job BullMQ already
+ * removed (`removeOnComplete`): a listener that claims these rows now adds fresh jobs for them,
+ * which only the ledger can stop from running again.
+ */
+async function completedAndRemoved(stack: Stack): Promise<number> {
+  const { rows } = await stack.pool.query<{ consumer_id: string; id: string }>(
+    `SELECT d.consumer_id, n.id::text AS id FROM ${stack.schema}.notifications n
+       JOIN ${stack.schema}.deliveries d ON d.notification_id = n.id AND d.status = 'completed'
+      WHERE n.bridged_at IS NULL`,
+  );
+  if (rows.length === 0) return 0;
+  const pipeline = stack.redisClient.pipeline();
+  for (const r of rows) pipeline.exists(`${stack.prefix}:${r.consumer_id}:n${r.id}`);
+  const replies = (await pipeline.exec()) ?? [];
+  return replies.filter(([error, value]) => !error && value === 0).length;
+}
+
 /** A random sample of up to `max` items, about `share` of them. */
 function sample<T>(items: readonly T[], share: number, max: number): T[] {
   return shuffled(items).slice(0, Math.min(max, Math.ceil(items.length * share)));
@@ -224,12 +242,14 @@ export async function injectFault(
       const victims = await processes.killAll('listen');
       stack.redisProxy.heal();
       await sleep(between(1500, 3000));
+      const readds = await completedAndRemoved(stack).catch(() => -1);
       const fresh = (await Promise.all(victims.map(() => processes.start('listen')))).map(
         (p) => p.pid,
       );
       detail =
         `Redis replies held, ${added} rows in Redis but not committed, kill -9 listen pids ` +
-        `${victims.map((v) => v.pid).join(', ')}; new pids ${fresh.join(', ')}`;
+        `${victims.map((v) => v.pid).join(', ')}; new pids ${fresh.join(', ')} (to re-add ` +
+        `${readds} deliveries completed and removed meanwhile)`;
       break;
     }
     case 'enqueue-timeout-after-accept': {

@@ -1,22 +1,35 @@
 /**
- * `npm run soak [-- --minutes N]`: the chaos soak (issue 6).
+ * `npm run soak [-- --minutes N]`: the chaos soak (issues 6, 12, 13).
  *
- * For N minutes (default 3), 8 writers commit notifications (one per transaction) on 3 channels
- * to 4 consumers, run by 2 `listen` and 2 `work` processes of the real CLI that reach a
- * throwaway Postgres and Redis through loopback TCP proxies. A chaos driver injects, one at a
- * time at random intervals, every kind of fault in test/soak/chaos.ts: kill -9 of a listener or a
- * worker (and a new one started), Redis restarted empty, Postgres restarted (fast or like a crash),
- * pg_terminate_backend of the bridge's backends, the bridge's path to Postgres or Redis cut for a
- * few seconds (reset or blackholed). Then: writers stop, quiet, `reconcile --verify` (and
- * `--failed` if dead letters exist), quiet, graceful stop, and the checks of test/soak/verify.ts.
+ * For N minutes (default 3), 8 writers commit notifications (one per transaction) on 3 channels,
+ * and 4 keyed writers commit keyed ones (each key's version bumped under its row lock: through
+ * `notify(channel, payload, key)`, or a row change seen by a `pgq-bridge triggers add` trigger),
+ * to 8 consumers (test/soak/consumers.ts: fan-out, removeOnComplete, transactional, a short
+ * `timeout` outlived on purpose, `ordered: true`, and one the rolling deploys change), run by 2
+ * `listen` and 2 `work` processes of the real CLI that reach a throwaway Postgres and Redis
+ * through loopback TCP proxies, while `reconcile --verify` runs in a loop. A chaos driver injects,
+ * one at a time at random intervals, every kind of fault in test/soak/chaos.ts: kill -9 of a
+ * listener or a worker (and a new one started), Redis restarted empty, Postgres restarted (fast
+ * or like a crash), pg_terminate_backend of the bridge's backends, the bridge's path to Postgres
+ * or Redis cut for a few seconds (reset or blackholed), every listener killed while Redis had
+ * accepted its addBulk but the reply (and so the COMMIT) was held, Redis replies held past the
+ * listeners' enqueue timeout, part of two consumer queues deleted (list entries, job hashes), and
+ * a rolling deploy step (test/soak/deploy.ts). Then: writers stop, quiet, `reconcile --verify`
+ * (and `--failed` if dead letters exist), quiet, graceful stop, and the checks of
+ * test/soak/verify.ts.
  *
- * Prints the counts, the recovery after each fault and per kind, and exits 1 on any loss, on a
- * pair handled again after the ledger recorded it completed, on a ledger that disagrees with the
- * handlers, or on a bridge process that died by itself. Never touches the servers on 5432/6379.
+ * Prints the count of each fault, the recovery after each fault and per kind, the duplicates by
+ * cause, and exits 1 on any loss, on a pair handled again after the ledger recorded it completed,
+ * on overlapping runs of one delivery, on a key handled out of commit order (or two of its runs
+ * at once, or one missing), on a ledger that disagrees with the handlers, on old code running a
+ * channel it does not list, or on a bridge process that died by itself. Never touches the servers
+ * on 5432/6379.
  *
- * Options: --minutes N, --writers N (8), --rate N (commits/s in all, 80), --listeners N (2),
- * --workers N (2), --gap-min S / --gap-max S (pause between faults, 4 / 10), --settle S (before
- * that pause, wait up to S s (25) for the bridge to recover from the last fault), --keep (keep the
+ * Options: --minutes N, --writers N (8), --rate N (plain commits/s in all, 60), --keyed-writers N
+ * (4), --keyed-rate N (12), --keys N (keys per keyed channel, 40), --listeners N (2), --workers N
+ * (2), --verify-pause S (between two `reconcile --verify` runs of the loop, 5), --faults a,b (only
+ * these kinds), --gap-min S / --gap-max S (pause between faults, 4 / 10), --settle S (before that
+ * pause, wait up to S s (25) for the bridge to recover from the last fault), --keep (keep the
  * working dir .tmp/soak-<id> with the processes' logs even on success), --json FILE.
  */
 import { randomBytes } from 'node:crypto';
