@@ -14,15 +14,26 @@
  *   writers calling `notify()` meanwhile against their tps before it;
  * - `reconcile --verify` over the whole table (the built CLI in a child): rows/s and peak RSS;
  * - notify() cost and bridging latency again while a REPEATABLE READ transaction is held open
- *   (a pg_dump, a lagging replica slot): dead rows pile up behind its snapshot.
+ *   (a pg_dump, a lagging replica slot): dead rows pile up behind its snapshot;
+ * - what `listen --recover` adds to a listener's start (its bounded `reconcile --verify` of the
+ *   last 24 hours, the same call the CLI makes), and the batch time of a `--channels` listener
+ *   while another channel has a backlog of `--backlog` unbridged rows (issue 16, item 4: both
+ *   must cost the work they do, not the size of the table).
  *
- * Run: `npm run bench:growth [-- --rows N] [-- --sample N] [-- --cleanup N]`. The full 10M run
+ * Run: `npm run bench:growth [-- --rows N] [-- --sample N] [-- --cleanup N] [-- --backlog N]`. The full 10M run
  * needs a quiet machine, about 10 GB of disk and an hour or more; `--rows 200000` checks it works.
  * Everything lives in a schema and a Redis prefix named `pgqbench_growth_*`, removed at the end.
  */
 import { randomBytes } from 'node:crypto';
 import type pg from 'pg';
-import { cleanup, createListener, createWorker, defineConsumer, migrate } from 'pgq-bridge';
+import {
+  cleanup,
+  createListener,
+  createWorker,
+  defineConsumer,
+  migrate,
+  reconcile,
+} from 'pgq-bridge';
 import {
   DATABASE_URL,
   REDIS_URL,
@@ -45,6 +56,8 @@ export interface GrowthOptions {
   sample: number;
   /** Rows cleanup deletes at each checkpoint. */
   cleanup: number;
+  /** Unbridged rows of another channel while the `--channels` listener is measured. */
+  backlog: number;
 }
 
 /** The figures of one checkpoint. */
@@ -61,6 +74,10 @@ export interface GrowthFigure {
   verifyPeakRssMb: number | null;
   heldNotifyUs: number;
   heldBridgeBatchMs: number;
+  /** ms of the bounded `reconcile --verify` that `listen --recover` runs before listening. */
+  recoverMs: number;
+  /** ms per batch of a `--channels growth-other` listener, another channel's backlog waiting. */
+  channelsBridgeBatchMs: number;
 }
 
 /** The settings every call of the run uses. */
@@ -73,6 +90,11 @@ interface BenchSettings {
 }
 
 const CHANNEL = 'growth';
+/** The channel of the `--channels` listener, and the channel whose backlog it must not pay for. */
+const OWN_CHANNEL = 'growth-other';
+const BACKLOG_CHANNEL = 'growth-backlog';
+/** `listen --recover` verifies the rows of the last 24 hours (src/cli/listen.ts). */
+const RECOVER_WINDOW_MS = 24 * 3600 * 1000;
 /** Bulk rows are stamped 1 ms apart from this long ago on, so cleanup can pick the oldest. */
 const AGE_DAYS = 400;
 const FILL_CHUNK = 250_000;
@@ -151,7 +173,7 @@ class Growth {
   async notifyCost(): Promise<number> {
     const client = await this.db.connect();
     try {
-      const sql = `SELECT ${this.s}.notify('growth-other', '{"i": 1}'::jsonb)`;
+      const sql = `SELECT ${this.s}.notify('${OWN_CHANNEL}', '{"i": 1}'::jsonb)`;
       for (let i = 0; i < 50; i++) await client.query(sql);
       const started = performance.now();
       for (let i = 0; i < this.options.sample; i++) await client.query(sql);
@@ -181,13 +203,79 @@ class Growth {
     }
   }
 
-  private async waitBridged(): Promise<void> {
+  private async waitBridged(channel?: string): Promise<void> {
     for (;;) {
       const { rowCount } = await this.db.query(
-        `SELECT 1 FROM ${this.s}.notifications WHERE bridged_at IS NULL LIMIT 1`,
+        `SELECT 1 FROM ${this.s}.notifications
+          WHERE bridged_at IS NULL AND ($1::text IS NULL OR channel = $1) LIMIT 1`,
+        [channel ?? null],
       );
       if (rowCount === 0) return;
       await sleep(5);
+    }
+  }
+
+  /**
+   * ms of what `listen --recover` runs first: `reconcile --verify` of the last 24 hours, with
+   * exactly `sample` bridged and completed rows in that window (the earlier checkpoints' rows are
+   * aged out of it first), so every checkpoint asks it for the same work.
+   */
+  async recoverCost(): Promise<number> {
+    await this.db.query(
+      `UPDATE ${this.s}.notifications SET created_at = created_at - interval '${AGE_DAYS} days'
+        WHERE created_at > now() - interval '2 days'`,
+    );
+    await this.db.query(
+      `WITH rows AS (
+         INSERT INTO ${this.s}.notifications (channel, payload, bridged_at)
+         SELECT $1, jsonb_build_object('i', i), now() FROM generate_series(1, $2) AS i
+         RETURNING id)
+       INSERT INTO ${this.s}.deliveries (consumer_id, notification_id, status, attempts)
+       SELECT c, id, 'completed', 1 FROM rows, unnest(ARRAY['noop', 'noop-roc']) AS c`,
+      [CHANNEL, this.options.sample],
+    );
+    const started = performance.now();
+    await reconcile({
+      settings: this.settings,
+      verify: true,
+      since: new Date(Date.now() - RECOVER_WINDOW_MS),
+      batchSize: 1000,
+    });
+    return round(performance.now() - started, 1);
+  }
+
+  /**
+   * ms per batch of a `--channels growth-other` listener bridging `sample` rows of its channel
+   * while `backlog` unbridged rows of another channel wait (removed again afterwards).
+   */
+  async channelsBridgeLatency(): Promise<number> {
+    await this.db.query(
+      `INSERT INTO ${this.s}.notifications (channel, payload)
+       SELECT $1, jsonb_build_object('i', i) FROM generate_series(1, $2) AS i`,
+      [BACKLOG_CHANNEL, this.options.backlog],
+    );
+    await this.db.query(`ANALYZE ${this.s}.notifications`);
+    const listener = createListener({
+      settings: this.settings,
+      batchSize: BRIDGE_BATCH,
+      channels: [OWN_CHANNEL],
+    });
+    await listener.start();
+    try {
+      await this.waitBridged(OWN_CHANNEL);
+      const started = performance.now();
+      await this.db.query(
+        `SELECT ${this.s}.notify($1, jsonb_build_object('i', i)) FROM generate_series(1, $2) AS i`,
+        [OWN_CHANNEL, this.options.sample],
+      );
+      await this.waitBridged(OWN_CHANNEL);
+      const batches = Math.ceil(this.options.sample / BRIDGE_BATCH);
+      return round((performance.now() - started) / batches, 1);
+    } finally {
+      await listener.stop();
+      await this.db.query(`DELETE FROM ${this.s}.notifications WHERE channel = $1`, [
+        BACKLOG_CHANNEL,
+      ]);
     }
   }
 
@@ -315,6 +403,8 @@ export async function growthBench(options: GrowthOptions): Promise<GrowthFigure[
         verifyPeakRssMb: null,
         heldNotifyUs: NaN,
         heldBridgeBatchMs: NaN,
+        recoverMs: await growth.recoverCost(),
+        channelsBridgeBatchMs: await growth.channelsBridgeLatency(),
       };
       const cleaned = await growth.cleanupRate();
       figure.cleanupRowsPerSecond = cleaned?.rowsPerSecond ?? null;
@@ -348,6 +438,7 @@ if (isMain(import.meta.url)) {
     rows: flag(argv, 'rows', 10_000_000),
     sample: flag(argv, 'sample', 2000),
     cleanup: flag(argv, 'cleanup', 50_000),
+    backlog: flag(argv, 'backlog', 100_000),
   };
   const figures = await growthBench(options);
   printTable(
@@ -365,11 +456,15 @@ if (isMain(import.meta.url)) {
       'verify RSS MB': f.verifyPeakRssMb,
       'notify() µs, RR held': f.heldNotifyUs,
       'bridge batch ms, RR held': f.heldBridgeBatchMs,
+      'listen --recover ms': f.recoverMs,
+      '--channels batch ms, backlog elsewhere': f.channelsBridgeBatchMs,
     })),
   );
   const [empty, last] = [figures[0], figures[figures.length - 1]];
   console.log(
     `at ${last.rows} rows vs empty: notify() ${round(last.notifyUs / empty.notifyUs, 2)}x, ` +
-      `bridge batch ${round(last.bridgeBatchMs / empty.bridgeBatchMs, 2)}x (targets: within 1.5x)`,
+      `bridge batch ${round(last.bridgeBatchMs / empty.bridgeBatchMs, 2)}x (targets: within 1.5x); ` +
+      `listen --recover ${round(last.recoverMs / empty.recoverMs, 2)}x, --channels batch ` +
+      `${round(last.channelsBridgeBatchMs / empty.channelsBridgeBatchMs, 2)}x`,
   );
 }
