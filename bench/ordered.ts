@@ -14,7 +14,9 @@
  * Variants alternate (unordered, ordered) per K so machine-load drift hits both alike. The rows
  * are stored with one INSERT ... SELECT (what notify() would write, without its per-call cost).
  *
- * Run: `npm run bench:ordered [-- --quick] [-- --rounds N] [-- --json FILE]`.
+ * Run: `npm run bench:ordered [-- --quick] [-- --rounds N] [-- --json FILE] [-- --count N]
+ * [-- --keys 10,1000] [-- --no-latency]` (`--count`/`--keys`: drains of other sizes, e.g. the
+ * 10-key drain at a count it finishes in minutes; `--no-latency`: the drains only).
  * Everything lives in schema `pgqbench_ordered` and Redis prefix `pgqbench_ordered`, removed at
  * the end.
  */
@@ -165,25 +167,45 @@ export interface OrderedResult {
   };
 }
 
+/** The latency figures of a part that did not run (`--no-latency`). */
+const NO_LATENCY: Latency = latencyOf([]);
+
+/** Settings of {@link benchOrdered}. */
+export interface OrderedOptions {
+  /** A small proof that it works: 4,000 notifications, 4 s of stream. */
+  quick: boolean;
+  /** Rounds of each comparison (they alternate which variant runs first); medians. */
+  rounds: number;
+  /** Notifications per drain (default 100,000; 4,000 with `quick`). */
+  count?: number;
+  /** Distinct keys of the drains (default 10, 1,000 and 100,000; each at most `count`). */
+  keys?: number[];
+  /** Skip the latency part. */
+  noLatency?: boolean;
+}
+
 /** Runs both parts; `quick` for a small proof that it works. */
-export async function benchOrdered(quick: boolean, rounds: number): Promise<OrderedResult> {
+export async function benchOrdered(options: OrderedOptions): Promise<OrderedResult> {
+  const { quick, rounds } = options;
   const pool = benchPool(1);
   const redis = benchRedis();
   await dropSchemas(pool, SCHEMA);
   await clearPrefix(redis, PREFIX);
   await migrate({ db: pool, schema: SCHEMA });
   try {
-    const count = quick ? 4000 : 100_000;
+    const count = options.count ?? (quick ? 4000 : 100_000);
     const throughput: OrderedResult['throughput'] = [];
-    for (const keys of [10, 1000, 100_000]) {
+    for (const keys of options.keys ?? [10, 1000, 100_000]) {
       const un: number[] = [];
       const or: number[] = [];
       let violations = 0;
       for (let r = 0; r < rounds; r++) {
-        un.push((await drainRun(count, Math.min(keys, count), false)).perSecond);
-        const o = await drainRun(count, Math.min(keys, count), true);
-        or.push(o.perSecond);
-        violations += o.violations;
+        // Alternate which variant goes first, so load drift hits both alike.
+        for (const ordered of r % 2 === 0 ? [false, true] : [true, false]) {
+          const run = await drainRun(count, Math.min(keys, count), ordered);
+          (ordered ? or : un).push(run.perSecond);
+          violations += run.violations;
+        }
       }
       const unordered = median(un);
       const ordered = median(or);
@@ -197,8 +219,19 @@ export async function benchOrdered(quick: boolean, rounds: number): Promise<Orde
     }
     const rate = 500;
     const seconds = quick ? 4 : 20;
-    const unordered = await streamRun(rate, seconds, false);
-    const ordered = await streamRun(rate, seconds, true);
+    const runs: { unordered: Latency[]; ordered: Latency[] } = { unordered: [], ordered: [] };
+    for (let r = 0; r < (options.noLatency ? 0 : rounds); r++) {
+      for (const ordered of r % 2 === 0 ? [false, true] : [true, false]) {
+        runs[ordered ? 'ordered' : 'unordered'].push(await streamRun(rate, seconds, ordered));
+      }
+    }
+    const med = (all: Latency[]): Latency => ({
+      ...all[0],
+      p50: median(all.map((l) => l.p50)),
+      p99: median(all.map((l) => l.p99)),
+    });
+    const unordered = runs.unordered.length ? med(runs.unordered) : NO_LATENCY;
+    const ordered = runs.ordered.length ? med(runs.ordered) : NO_LATENCY;
     return {
       count,
       throughput,
@@ -238,9 +271,29 @@ export function printOrdered(result: OrderedResult): void {
   ]);
 }
 
+/** Takes `--name value` out of `argv` (the shared flag parser refuses flags it does not know). */
+function takeFlag(argv: string[], name: string): string | undefined {
+  const i = argv.indexOf(`--${name}`);
+  if (i < 0) return undefined;
+  const [, value] = argv.splice(i, 2);
+  return value;
+}
+
 if (isMain(import.meta.url)) {
-  const flags = parseFlags(process.argv.slice(2));
-  const result = await benchOrdered(flags.quick, flags.rounds);
+  // Also: --count N, --keys 10,1000 (drains of other sizes), --no-latency.
+  const argv = process.argv.slice(2);
+  const count = takeFlag(argv, 'count');
+  const keys = takeFlag(argv, 'keys');
+  const noLatency = argv.includes('--no-latency');
+  if (noLatency) argv.splice(argv.indexOf('--no-latency'), 1);
+  const flags = parseFlags(argv);
+  const result = await benchOrdered({
+    quick: flags.quick,
+    rounds: flags.rounds,
+    count: count === undefined ? undefined : Number(count),
+    keys: keys?.split(',').map(Number),
+    noLatency,
+  });
   printOrdered(result);
   if (flags.json) await writeFile(flags.json, JSON.stringify(result, null, 2) + '\n');
 }
