@@ -25,6 +25,8 @@ export interface BridgeProcess {
   killedAt?: number;
   /** When the soak stopped it gracefully (SIGTERM, a rolling deploy), if it did. */
   stoppedAt?: number;
+  /** When the soak saw it exit after a graceful stop. */
+  exitedAt?: number;
 }
 
 function msgOf(line: { json?: Record<string, unknown> }): string | undefined {
@@ -58,6 +60,18 @@ export class ProcessSet {
   /** Processes of `role` still running. */
   running(role: Role): BridgeProcess[] {
     return this.all.filter((p) => p.role === role && !p.handle.exited);
+  }
+
+  /**
+   * Pids of worker processes that are gone, with a time by which every handler run in them had
+   * ended: the kill -9, or when the soak saw it exit after a graceful stop.
+   */
+  workerEnds(): Map<number, number> {
+    return new Map(
+      this.all
+        .filter((p) => p.role === 'work' && (p.killedAt ?? p.exitedAt) !== undefined)
+        .map((p) => [p.pid, (p.killedAt ?? p.exitedAt)!]),
+    );
   }
 
   /** Pids of worker processes the soak killed, with the kill time. */
@@ -120,6 +134,7 @@ export class ProcessSet {
     proc.handle.kill('SIGTERM');
     try {
       const exit = await proc.handle.waitForExit(timeoutMs);
+      proc.exitedAt = Date.now();
       if (exit.code !== 0) {
         this.stopProblems.push(`${proc.role} pid ${proc.pid} stopped with ${JSON.stringify(exit)}`);
       }
@@ -158,9 +173,11 @@ export class ProcessSet {
       this.all
         .filter((p) => !p.handle.exited)
         .map(async (p) => {
+          p.stoppedAt = Date.now();
           p.handle.kill('SIGTERM');
           try {
             const exit = await p.handle.waitForExit(timeoutMs);
+            p.exitedAt = Date.now();
             if (exit.code !== 0)
               problems.push(`${p.role} pid ${p.pid} exited ${JSON.stringify(exit)}`);
           } catch {

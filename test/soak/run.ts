@@ -294,7 +294,13 @@ async function main(): Promise<number> {
     problems.push(...(await processes.stopAll()));
     problems.push(...processes.stopProblems);
 
-    const verdict = await verify(stack, writers.totals, faults, processes.killedWorkers());
+    const verdict = await verify(
+      stack,
+      writers.totals,
+      faults,
+      processes.killedWorkers(),
+      processes.workerEnds(),
+    );
     const kinds = summarizeKinds(monitor.recoveries);
     process.stdout.write(
       formatReport({

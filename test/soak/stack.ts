@@ -72,9 +72,25 @@ function cliEnv(databaseUrl: string, redisUrl: string, schema: string, prefix: s
   };
 }
 
+async function pgAdmin(url: string, sql: string): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    await client.query(sql);
+  } finally {
+    await client.end();
+  }
+}
+
 /** Starts the servers and proxies, migrates, and creates the soak tables. */
 export async function createStack(runId: string): Promise<Stack> {
   const [postgres, redis] = await Promise.all([startPostgres(), startRedis()]);
+  // Commit times of the ledger's writes: "the ledger said completed" means committed (the
+  // verifier reads pg_xact_commit_timestamp of each logged write). Needs a restart; it is kept
+  // in postgresql.auto.conf through the chaos' restarts.
+  await pgAdmin(postgres.url, 'ALTER SYSTEM SET track_commit_timestamp = on');
+  await postgres.stop('fast');
+  await postgres.restart();
   const pgProxy = new TcpProxy(postgres.port);
   const redisProxy = new TcpProxy(redis.port);
   await Promise.all([pgProxy.start(), redisProxy.start()]);
@@ -124,6 +140,9 @@ export async function createStack(runId: string): Promise<Stack> {
       -- The notification's channel, and the version of the consumers file that ran it (deploy.ts).
       channel text NOT NULL,
       code text NOT NULL,
+      -- A batch consumer's runs of one handleBatch call share batch_run; pos: place in the batch.
+      batch_run bigint,
+      pos int,
       -- The writing transaction: a transactional consumer's handling shares it with its ledger row.
       xact bigint NOT NULL DEFAULT txid_current());
     CREATE INDEX ON ${soakSchema}.handled (consumer, notification_id);

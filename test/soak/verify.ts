@@ -6,15 +6,16 @@
  *    own rule: `<schema>.is_owed(id, xid, after_id, boundary)` of a subscription on its channel,
  *    commit visibility, not id order), and every commit a writer saw acknowledged is stored.
  * 2. Nothing completed runs again: no handling of a (consumer, notification) started after the
- *    ledger had recorded that pair completed (`ledger_log` keeps every ledger write with its time).
+ *    ledger had recorded that pair completed (`ledger_log` keeps every ledger write; the time is
+ *    when it committed, from track_commit_timestamp).
  * 3. The ledger agrees with the handlers: every pair handled is completed in the ledger, every
  *    pair completed in the ledger was handled, and none is left failed.
  * 4. Duplicates (a pair handled more than once) are counted and attributed to a cause.
  * 5. Transactional consumers (their handling row is written in the attempt's transaction) have
  *    no duplicate at all: exactly one committed effect per owed notification.
  * 6. No overlap: two runs of one (consumer, notification) never overlap in time (a run ends when
- *    its handler recorded its end, or when its process was killed), also for runs that outlived
- *    their consumer's `timeout`.
+ *    its handler recorded its end, or at the latest when its process was killed or exited), also
+ *    for runs that outlived their consumer's `timeout`.
  * 7. Ordered consumers, per key: the key's versions are 1..N in id order and as the writers'
  *    table says (commit order, nothing missing from the store), every one was handled, the
  *    first run of each starts only after the previous one was completed in the ledger, and no two
@@ -40,6 +41,9 @@ interface Run {
   outcome: string | null;
   key: string | null;
   version: number | null;
+  /** Runs of one handleBatch call share it; `pos` is the place in the batch. */
+  batchRun: string | null;
+  pos: number | null;
 }
 
 /** Per-key checks of the ordered consumers. */
@@ -143,6 +147,12 @@ function causeOf(
   }`;
 }
 
+/**
+ * When a logged ledger write (`ledger_log l`) committed: workers see it only then. From
+ * track_commit_timestamp (stack.ts); the statement's own time if that is unknown.
+ */
+const COMMITTED = 'coalesce(pg_xact_commit_timestamp(l.xmin), l.logged_at)';
+
 function bump(counts: Record<string, number>, key: string, by = 1): void {
   counts[key] = (counts[key] ?? 0) + by;
 }
@@ -157,6 +167,7 @@ export async function verify(
   writers: WriterTotals,
   faults: Fault[],
   killedWorkers: Map<number, number>,
+  workerEnds: Map<number, number>,
 ): Promise<Verdict> {
   const { pool, schema, soakSchema } = stack;
   const failures: string[] = [];
@@ -200,11 +211,11 @@ export async function verify(
     handled_at: Date;
     completed_at: Date;
   }>(
-    `SELECT h.consumer, h.notification_id::text, h.handled_at, min(l.logged_at) AS completed_at
+    `SELECT h.consumer, h.notification_id::text, h.handled_at, min(${COMMITTED}) AS completed_at
        FROM ${soakSchema}.handled h
        JOIN ${soakSchema}.ledger_log l
          ON l.consumer_id = h.consumer AND l.notification_id = h.notification_id
-        AND l.status = 'completed' AND l.logged_at < h.handled_at
+        AND l.status = 'completed' AND ${COMMITTED} < h.handled_at
         -- A transactional consumer writes its ledger row first, in the handling's transaction.
         AND l.xact <> h.xact
       GROUP BY h.seq, h.consumer, h.notification_id, h.handled_at
@@ -273,9 +284,11 @@ export async function verify(
     outcome: string | null;
     key: string | null;
     version: number | null;
+    batch_run: string | null;
+    pos: number | null;
   }>(
     `SELECT consumer, notification_id::text AS id, handled_at AS start, ended_at, pid, attempt,
-            is_replay, slow, outcome, key, version
+            is_replay, slow, outcome, key, version, batch_run::text, pos
        FROM ${soakSchema}.handled ORDER BY handled_at, seq`,
   );
   const runsByPair = new Map<string, Run[]>();
@@ -283,9 +296,10 @@ export async function verify(
   let slowRuns = 0;
   for (const r of runRows) {
     const start = r.start.getTime();
-    const killedAt = killedWorkers.get(r.pid);
+    // Not recorded: the run ended at the latest when its process was killed or exited.
+    const goneAt = workerEnds.get(r.pid);
     const end =
-      r.ended_at?.getTime() ?? (killedAt !== undefined && killedAt >= start ? killedAt : undefined);
+      r.ended_at?.getTime() ?? (goneAt !== undefined && goneAt >= start ? goneAt : undefined);
     if (end === undefined) unknownEnds++;
     if (r.slow) slowRuns++;
     const run: Run = {
@@ -300,6 +314,8 @@ export async function verify(
       outcome: r.outcome,
       key: r.key,
       version: r.version,
+      batchRun: r.batch_run,
+      pos: r.pos,
     };
     const pair = `${r.consumer}:${r.id}`;
     const list = runsByPair.get(pair);
@@ -464,7 +480,7 @@ async function verifyOrdered(
     }>(
       `SELECT n.id::text AS id, n.key,
               coalesce(n.payload->>'version', n.payload->'new'->>'version')::int AS version,
-              (SELECT min(l.logged_at) FROM ${soakSchema}.ledger_log l
+              (SELECT min(${COMMITTED}) FROM ${soakSchema}.ledger_log l
                 WHERE l.consumer_id = s.consumer_id AND l.notification_id = n.id
                   AND l.status IN ('completed', 'skipped')) AS completed_at
          FROM ${schema}.notifications n
@@ -500,7 +516,7 @@ async function verifyOrdered(
       }
       // Commit order: each notification's first run starts after the previous one completed.
       const keyRuns: Run[] = [];
-      let previous: { id: string; completedAt: number | undefined } | undefined;
+      let previous: { id: string; completedAt: number | undefined; runs: Run[] } | undefined;
       for (const r of list) {
         const runs = runsByPair.get(`${consumer}:${r.id}`) ?? [];
         if (runs.length === 0) {
@@ -509,7 +525,11 @@ async function verifyOrdered(
         }
         keyRuns.push(...runs);
         const first = runs[0];
-        if (first && previous) {
+        // In one handleBatch call, the batch's order is the order: after the previous one.
+        const inBatchAfter = (prev: Run[]): boolean =>
+          first.batchRun !== null &&
+          prev.some((p) => p.batchRun === first.batchRun && (p.pos ?? 0) < (first.pos ?? 0));
+        if (first && previous && !inBatchAfter(previous.runs)) {
           if (previous.completedAt === undefined || first.start < previous.completedAt) {
             v.outOfOrder++;
             example(
@@ -518,14 +538,14 @@ async function verifyOrdered(
           }
         }
         const lastRun = runs[runs.length - 1];
-        previous = { id: r.id, completedAt: r.completed_at?.getTime() ?? lastRun?.end };
+        previous = { id: r.id, completedAt: r.completed_at?.getTime() ?? lastRun?.end, runs };
       }
-      // Never two runs of the key at once.
+      // Never two runs of the key at once (the runs of one handleBatch call are one run).
       keyRuns.sort((a, b) => a.start - b.start);
       let lastEnd = -Infinity;
       let lastRun: Run | undefined;
       for (const run of keyRuns) {
-        if (run.start < lastEnd) {
+        if (run.start < lastEnd && !(run.batchRun !== null && run.batchRun === lastRun?.batchRun)) {
           v.overlaps++;
           example(
             `${consumer} ${key}: ${run.id} started ${iso(run.start)} while ${lastRun?.id} ran (to ${iso(lastRun?.end)})`,
