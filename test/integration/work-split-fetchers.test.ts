@@ -12,6 +12,7 @@ import {
   type PgqWorker,
 } from '../../src/index.js';
 import { fetchersFor, splitEvenly } from '../../src/consume/fetchers.js';
+import { fetchSlotsFor } from '../../src/consume/slots.js';
 import { apiSettings, createTestEnv, type TestEnv } from '../support/env.js';
 import { sleep, waitFor } from '../support/wait.js';
 
@@ -67,7 +68,10 @@ describe('a consumer split over several Workers', () => {
     });
     await worker.start();
     expect(fetchersFor(CONCURRENCY)).toBe(4);
-    expect(worker.workers.get('wide')?.concurrency).toBe(10);
+    // BullMQ holds twice the concurrency (src/consume/slots.ts): 80 jobs over 4 Workers; the
+    // handlers themselves stay at 40 (peak below).
+    expect(fetchersFor(fetchSlotsFor(CONCURRENCY))).toBe(4);
+    expect(worker.workers.get('wide')?.concurrency).toBe(20);
 
     await t.pool.query(
       `SELECT "${t.schema}".notify('orders', jsonb_build_object('i', g)) FROM generate_series(1, 1500) g`,
