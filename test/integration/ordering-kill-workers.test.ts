@@ -6,13 +6,13 @@
  * (the listener restarted). Afterwards, for every row: the handler ran one at a time, saw the
  * row's versions 1, 2, 3, ... in order, and missed none.
  */
-import pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { addTrigger } from '../../src/index.js';
 import { runCli, type CliHandle } from '../support/cli.js';
 import { createTestEnv, type TestEnv } from '../support/env.js';
 import { removeConsumerDirs, startListen, startWork, writeConsumers } from '../support/delivery.js';
 import { sleep, waitFor } from '../support/wait.js';
+import { expectOneAtATime, firstSuccessfulVersions, runWriters } from '../support/ordering.js';
 
 const ROWS = 40;
 const WRITERS = 8;
@@ -73,23 +73,13 @@ afterAll(async () => {
   removeConsumerDirs();
 });
 
-/** One writer: random rows, one committed change at a time (the UPDATE holds the row lock). */
-async function writer(): Promise<void> {
-  const client = new pg.Client({ connectionString: t.databaseUrl });
-  await client.connect();
-  try {
-    for (let i = 0; i < CHANGES_PER_WRITER; i++) {
-      const id = 1 + Math.floor(Math.random() * ROWS);
-      await client.query('BEGIN');
-      await client.query(`UPDATE ${s}.rows SET version = version + 1 WHERE id = $1`, [id]);
-      // Hold the row lock a little: concurrent writers of the row queue behind it.
-      if (Math.random() < 0.3) await sleep(Math.random() * 5);
-      await client.query('COMMIT');
-      await sleep(Math.random() * 8);
-    }
-  } finally {
-    await client.end();
-  }
+/** The writers: random rows, one committed change at a time (the UPDATE holds the row lock). */
+function writeRows(): Promise<void> {
+  return runWriters(t.databaseUrl, WRITERS, CHANGES_PER_WRITER, (client) =>
+    client.query(`UPDATE ${s}.rows SET version = version + 1 WHERE id = $1`, [
+      1 + Math.floor(Math.random() * ROWS),
+    ]),
+  );
 }
 
 async function okCount(): Promise<number> {
@@ -106,7 +96,7 @@ it('handles every row change in order, one at a time per row, through kill -9 of
   const b = await startWork(t.env, dir, 1, ['--worker']);
   handles.push(a, b);
   const total = WRITERS * CHANGES_PER_WRITER;
-  const writing = Promise.all(Array.from({ length: WRITERS }, () => writer()));
+  const writing = writeRows();
   await waitFor(async () => (await okCount()) >= total * 0.3, {
     timeoutMs: 60_000,
     message: '30% handled',
@@ -149,25 +139,10 @@ it('handles every row change in order, one at a time per row, through kill -9 of
   for (const row of versions) {
     const key = `${t.schema}.rows:${row.id}`;
     const list = byKey.get(key) ?? [];
-    // Never two at once: each run starts after the previous finished run of the key ended. A
-    // run without an end was killed with its process.
-    let lastEnd = -Infinity;
-    for (const r of list) {
-      expect(
-        r.started,
-        `${key}: notification ${r.notification_id} overlaps`,
-      ).toBeGreaterThanOrEqual(lastEnd);
-      if (r.ended !== null) lastEnd = r.ended;
-    }
-    // In order, nothing missing: the first successful run of each change, in the order they
-    // ran, saw versions 1..N.
-    const seen: number[] = [];
-    const done = new Set<string>();
-    for (const r of list) {
-      if (r.ok !== true || done.has(r.notification_id)) continue;
-      done.add(r.notification_id);
-      seen.push(r.version);
-    }
+    // Never two at once (a run without an end was killed with its process); in order, nothing
+    // missing: the first successful run of each change, in the order they ran, saw 1..N.
+    expectOneAtATime(key, list);
+    const seen = firstSuccessfulVersions(list);
     expect(seen, key).toEqual(Array.from({ length: row.version }, (_, i) => i + 1));
   }
 });
