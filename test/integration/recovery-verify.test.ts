@@ -122,7 +122,7 @@ describe('Redis wiped with jobs in flight', () => {
     expect(
       await scalar(`SELECT count(*)::int AS n FROM "${t.schema}".handled WHERE is_replay`),
     ).toBe(TOTAL - completedBefore.length);
-  });
+  }, 240_000); // its own waits allow 60 s + 60 s + 120 s: a loaded machine needs them
 
   it('listen --recover re-enqueues lost jobs and bridges the backlog on start', async () => {
     const before = await scalar(`SELECT count(*)::int AS n FROM "${t.schema}".handled`);
