@@ -28,6 +28,16 @@ export function batchJobIdFor(ids: readonly string[]): string {
 }
 
 /**
+ * A pack's job name, as Bull Board lists it: how many notifications, of which channels, which
+ * ids (`50 × orders, 101…150`); the job's data lists every one.
+ */
+export function packNameOf(group: readonly PlannedJob[]): string {
+  const channels = [...new Set(group.map((j) => j.data.channel))];
+  const shown = channels.length <= 3 ? channels.join(', ') : `${channels.length} channels`;
+  return `${group.length} × ${shown}, ${group[0].data.id}…${group[group.length - 1].data.id}`;
+}
+
+/**
  * Packs the planned jobs of batch consumers into jobs of up to `batch.size` notifications, in id
  * order; other consumers' jobs are left as they are. A group of one stays a single
  * notification's job (`n<id>`), whose id dedupes exactly.
@@ -57,7 +67,7 @@ export function packBatches(
       }
       const { jobId: _single, ...opts } = group[0].opts;
       out.push({
-        name: 'batch',
+        name: packNameOf(group),
         data: { batch: group.map((j) => j.data) },
         opts: { ...opts, jobId: batchJobIdFor(group.map((j) => j.data.id)) },
       });

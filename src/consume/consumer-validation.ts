@@ -49,8 +49,9 @@ export function validateConsumer(value: unknown, where: string): ConsumerDefinit
     ) {
       fail('batch must be { size: positive integer, maxWaitMs: number >= 0 }');
     }
-    if (typeof def.handleBatch !== 'function')
-      fail('a batch consumer needs handleBatch(notifications, job)');
+    // With a plain `handle` instead, notifications travel packed (consume/packed-runner.ts).
+    if (typeof def.handleBatch !== 'function' && typeof def.handle !== 'function')
+      fail('a batch consumer needs handleBatch(notifications, job) or handle(notification, job)');
   } else if (typeof def.handle !== 'function') {
     fail('handle(notification, job) must be a function');
   }
@@ -71,8 +72,16 @@ export function validateConsumer(value: unknown, where: string): ConsumerDefinit
   if (def.startFrom !== undefined && def.startFrom !== 'beginning' && def.startFrom !== 'now') {
     fail(`startFrom must be 'beginning' or 'now'`);
   }
+  // Packed delivery keeps no per-key order yet: refused rather than silently unordered.
+  if (def.batch !== undefined && typeof def.handleBatch !== 'function' && isOrdered(def.ordered)) {
+    fail('ordered is not supported yet with batch and a plain handle (packed delivery)');
+  }
   validateOrdered(def.ordered, fail);
   return def as unknown as ConsumerDefinition;
+}
+
+function isOrdered(ordered: unknown): boolean {
+  return ordered !== undefined && ordered !== false;
 }
 
 /** Checks `ordered` (see {@link ConsumerOptions.ordered}). */

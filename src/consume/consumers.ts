@@ -109,9 +109,47 @@ export interface TransactionalBatchConsumerDefinition<Payload = unknown> extends
 export type BatchConsumerDefinition<Payload = unknown> =
   PlainBatchConsumerDefinition<Payload> | TransactionalBatchConsumerDefinition<Payload>;
 
+/**
+ * A packed consumer: `batch` with a plain `handle` (no `handleBatch`). Notifications travel up to
+ * `batch.size` per BullMQ job, and `handle` still runs once per notification (up to
+ * `concurrency` at once), each with its own attempts, backoff, ledger row and dead letter
+ * (docs/performance.md, "Packed delivery").
+ */
+export interface PlainPackedConsumerDefinition<Payload = unknown> extends ConsumerOptions {
+  /** Up to `size` notifications per BullMQ job; `maxWaitMs` as for a batch consumer. */
+  batch: { size: number; maxWaitMs: number };
+  transactional?: false;
+  handleBatch?: undefined;
+  /** Handles one notification (as for a one-notification consumer). */
+  handle(notification: Notification<Payload>, job: Job, ctx: HandlerContext): unknown;
+}
+
+/** A packed consumer whose every handler run has a Postgres transaction of its own (`ctx.db`). */
+export interface TransactionalPackedConsumerDefinition<Payload = unknown> extends ConsumerOptions {
+  /** Up to `size` notifications per BullMQ job; `maxWaitMs` as for a batch consumer. */
+  batch: { size: number; maxWaitMs: number };
+  transactional: true;
+  handleBatch?: undefined;
+  /** Handles one notification inside its own transaction (`ctx.db`). */
+  handle(notification: Notification<Payload>, job: Job, ctx: TransactionalHandlerContext): unknown;
+}
+
+/** A consumer whose notifications travel packed but are handled one by one. */
+export type PackedConsumerDefinition<Payload = unknown> =
+  PlainPackedConsumerDefinition<Payload> | TransactionalPackedConsumerDefinition<Payload>;
+
 /** A consumer definition: a plain object; see SPEC.md. */
 export type ConsumerDefinition<Payload = unknown> =
-  SingleConsumerDefinition<Payload> | BatchConsumerDefinition<Payload>;
+  | SingleConsumerDefinition<Payload>
+  | BatchConsumerDefinition<Payload>
+  | PackedConsumerDefinition<Payload>;
+
+/** Whether a definition is a packed consumer (`batch` with `handle`, no `handleBatch`). */
+export function isPacked(def: ConsumerDefinition): def is PackedConsumerDefinition {
+  return (
+    def.batch !== undefined && typeof (def as { handleBatch?: unknown }).handleBatch !== 'function'
+  );
+}
 
 /** A channel in a consumer's `channels`: a name, or a typed channel from `defineChannel`. */
 export type ChannelRef = string | { readonly name: string; readonly payloadType?: unknown };

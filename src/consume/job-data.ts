@@ -51,7 +51,12 @@ export function entriesOf(job: Job): JobEntries {
   throw missingData();
 }
 
-/** The 1-based number of the attempt BullMQ is starting now. */
+/**
+ * The 1-based number of the attempt BullMQ is starting now; for a notification that left a pack
+ * after failing in it, counted on from its attempts there (`attemptsBefore`, not for replays).
+ */
 export function attemptOf(job: Job): number {
-  return job.attemptsMade + 1;
+  const data = job.data as Partial<NotificationJobData> | undefined;
+  const before = data?.replay === true ? 0 : (data?.attemptsBefore ?? 0);
+  return job.attemptsMade + 1 + before;
 }

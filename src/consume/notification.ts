@@ -63,6 +63,17 @@ export interface NotificationJobData {
   tracestate?: string;
   /** Set by reconcile and replays. */
   replay?: boolean;
+  /**
+   * Attempts this notification already had inside a pack, before it left it as a job of its
+   * own (consume/pack-exit.ts): its attempt numbers go on from there. Ignored by replays.
+   */
+  attemptsBefore?: number;
+  /**
+   * Set on the job of a notification that failed for good inside a pack: the job fails at once
+   * with this error (a dead letter in BullMQ's failed set), without running the handler again.
+   * A retry (Bull Board) or `reconcile --failed` runs it.
+   */
+  deadLetter?: string;
 }
 
 /** The data of a BullMQ job carrying several notifications (batch consumers). */

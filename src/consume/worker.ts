@@ -4,13 +4,15 @@ import pg from 'pg';
 import {
   CONSUMER_DEFAULTS,
   channelNames,
+  isPacked,
   type BatchConsumerDefinition,
   type ConsumerDefinition,
   type SingleConsumerDefinition,
 } from './consumers.js';
 import { validateConsumers } from './consumer-validation.js';
 import type { PgqWorker, WorkerOptions } from './worker-options.js';
-import { BatchRunner } from './batch-worker.js';
+import { BatchRunner, type BatchRunnerDeps } from './batch-worker.js';
+import { startPackedWorker } from './packed-worker.js';
 import { jobIdFor } from '../bridge/plan.js';
 import { createPool } from '../db/pool.js';
 import { Store } from '../db/store.js';
@@ -113,9 +115,11 @@ class ConsumerWorkers implements PgqWorker {
     const retired = new Set(results.filter((r) => r.retired).map((r) => r.consumerId));
     for (const def of this.options.consumers) {
       if (retired.has(def.id)) continue;
-      const workers = def.batch
-        ? [this.startBatchWorker(def)]
-        : this.startWorkers(def as SingleConsumerDefinition);
+      const workers = isPacked(def)
+        ? [startPackedWorker(def, this.runnerDeps(def), this.where(def.id))]
+        : def.batch
+          ? [this.startBatchWorker(def)]
+          : this.startWorkers(def as SingleConsumerDefinition);
       for (const worker of workers) {
         worker.on('error', (error) =>
           this.log.warn(
@@ -194,9 +198,16 @@ class ConsumerWorkers implements PgqWorker {
 
   /** A batch consumer's Worker: jobs of several notifications, one handleBatch call each. */
   private startBatchWorker(def: BatchConsumerDefinition): Worker {
+    const runner = new BatchRunner(def, this.runnerDeps(def));
+    return startFetcher(def, runner.process, runner.workerConcurrency, this.where(def.id));
+  }
+
+  /** What the runner of a batch or packed consumer needs. */
+  private runnerDeps(def: ConsumerDefinition): BatchRunnerDeps & { signal: AbortSignal } {
     const where = this.where(def.id);
     const queue = lazyQueue(def.id, where, this.batchQueues);
-    const runner = new BatchRunner(def, {
+    return {
+      signal: this.abort.signal,
       store: this.store,
       db: this.pool,
       log: this.log,
@@ -217,8 +228,7 @@ class ConsumerWorkers implements PgqWorker {
         queue,
         packs: true,
       }),
-    });
-    return startFetcher(def, runner.process, runner.workerConcurrency, where);
+    };
   }
 
   /** A one-job-per-notification consumer's Workers: its concurrency split over fetchersFor(). */

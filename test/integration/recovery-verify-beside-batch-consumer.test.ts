@@ -17,6 +17,7 @@ import {
   stopGracefully,
   waitForHandled,
   writeConsumers,
+  writeWhileVerifying,
 } from '../support/delivery.js';
 import { createTestEnv, type TestEnv } from '../support/env.js';
 import { sleep } from '../support/wait.js';
@@ -46,45 +47,11 @@ afterAll(async () => {
   await t?.cleanup();
 });
 
-/** Stores RATE notifications a second for SECONDS seconds; resolves with the count. */
-async function writeSteadily(): Promise<number> {
-  let sent = 0;
-  const started = Date.now();
-  while (Date.now() - started < SECONDS * 1000) {
-    const due = Math.floor(((Date.now() - started) / 1000) * RATE);
-    const batch = Math.max(0, due - sent);
-    if (batch > 0) {
-      await t.pool.query(
-        `SELECT "${t.schema}".notify('orders', jsonb_build_object('i', i))
-           FROM generate_series(1, $1::int) AS i`,
-        [batch],
-      );
-      sent += batch;
-    }
-    await sleep(20);
-  }
-  return sent;
-}
-
 describe('reconcile --verify beside a live batch consumer', () => {
   it('re-enqueues nothing still in flight: every notification handled once', async () => {
     const work = await startWork(t.env, dir, 1);
     const listen = await startListen(t.env, ['--poll-interval', '0.2']);
-    let writing = true;
-    let runs = 0;
-    const verifying = (async () => {
-      while (writing) {
-        const result = await runCli(['reconcile', '--verify', '--json'], {
-          env: t.env,
-          timeoutMs: 60_000,
-        });
-        expect(result.code, result.stderr).toBe(0);
-        runs++;
-      }
-    })();
-    const sent = await writeSteadily();
-    writing = false;
-    await verifying;
+    const { sent, verifies: runs } = await writeWhileVerifying(t, 'orders', RATE, SECONDS);
     expect(runs).toBeGreaterThanOrEqual(2);
     await waitForHandled(t.pool, t.schema, sent, 90_000);
     // One more verify once all is done, then time for anything it (wrongly) added to run.

@@ -194,3 +194,48 @@ export async function sendNotifications(
   );
   return ids;
 }
+
+/**
+ * Stores `perSecond` notifications a second on `channel` for `seconds` seconds (a statement every
+ * 20 ms) while `reconcile --verify` runs again and again beside it; resolves with the count sent
+ * and how many verify runs completed (each expected to exit 0).
+ */
+export async function writeWhileVerifying(
+  t: TestEnv,
+  channel: string,
+  perSecond: number,
+  seconds: number,
+): Promise<{ sent: number; verifies: number }> {
+  let writing = true;
+  let verifies = 0;
+  const verifying = (async () => {
+    while (writing) {
+      const result = await runCli(['reconcile', '--verify', '--json'], {
+        env: t.env,
+        timeoutMs: 60_000,
+      });
+      expect(result.code, result.stderr).toBe(0);
+      verifies++;
+    }
+  })();
+  let sent = 0;
+  const started = Date.now();
+  try {
+    while (Date.now() - started < seconds * 1000) {
+      const due = Math.floor(((Date.now() - started) / 1000) * perSecond) - sent;
+      if (due > 0) {
+        await t.pool.query(
+          `SELECT "${t.schema}".notify($1, jsonb_build_object('i', i))
+             FROM generate_series(1, $2::int) AS i`,
+          [channel, due],
+        );
+        sent += due;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  } finally {
+    writing = false;
+    await verifying;
+  }
+  return { sent, verifies };
+}

@@ -1,0 +1,85 @@
+import type { Job } from 'bullmq';
+import type { NotificationJobData } from './notification.js';
+
+/** How often a long-running pack reports its progress (percent of its notifications done). */
+const PROGRESS_EVERY_MS = 500;
+
+/**
+ * What a pack's notifications became, for the pack job's return value and progress (what Bull
+ * Board shows of a pack): `outcomes` maps each notification id to a line such as `completed`,
+ * `skipped: already completed per the ledger` or `failed (attempt 1: ...); retried as job n42`.
+ */
+export class PackReport {
+  private readonly outcomes = new Map<string, string>();
+  private timer: NodeJS.Timeout | undefined;
+  private reported = -1;
+  /** Notifications not started because the worker is closing. */
+  deferred = 0;
+
+  constructor(
+    private readonly job: Job,
+    private readonly entries: readonly NotificationJobData[],
+  ) {}
+
+  set(id: string, outcome: string): void {
+    this.outcomes.set(id, outcome);
+  }
+
+  defer(id: string): void {
+    this.deferred++;
+    this.outcomes.set(id, 'not started: the worker was closing');
+  }
+
+  /** Starts reporting progress while the pack runs longer than {@link PROGRESS_EVERY_MS}. */
+  watch(): void {
+    this.timer = setInterval(() => this.progress(), PROGRESS_EVERY_MS);
+    this.timer.unref();
+  }
+
+  /** Stops the reports; a pack that reported any ends with its final figure. */
+  unwatch(): void {
+    clearInterval(this.timer);
+    if (this.reported >= 0) this.progress();
+  }
+
+  private progress(): void {
+    const percent = Math.floor((this.outcomes.size / Math.max(1, this.entries.length)) * 100);
+    if (percent === this.reported) return;
+    this.reported = percent;
+    this.job.updateProgress(percent).catch(() => undefined);
+  }
+
+  /** The pack job's return value. */
+  summary(): { notifications: number; completed: number; outcomes: Record<string, string> } {
+    let completed = 0;
+    const outcomes: Record<string, string> = {};
+    for (const e of this.entries) {
+      const outcome = this.outcomes.get(e.id) ?? 'unknown';
+      if (outcome === 'completed') completed++;
+      outcomes[e.id] = outcome;
+    }
+    return { notifications: this.entries.length, completed, outcomes };
+  }
+}
+
+/** A counting semaphore: the handler runs of one consumer in this process. */
+export class Slots {
+  private running = 0;
+  private readonly waiting: (() => void)[] = [];
+
+  constructor(private readonly size: number) {}
+
+  acquire(): Promise<void> {
+    if (this.running < this.size) {
+      this.running++;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  release(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.running--;
+  }
+}

@@ -1,0 +1,263 @@
+import { DelayedError, type Job } from 'bullmq';
+import type { PackedConsumerDefinition } from './consumers.js';
+import type { BatchRunnerDeps } from './batch-worker.js';
+import { attemptOf, entriesOf, isPermanent } from './job-data.js';
+import { withPayloads } from './payload-refs.js';
+import { toNotification, type Notification, type NotificationJobData } from './notification.js';
+import { traceHandleCall } from './tracing.js';
+import { exitJob } from './pack-exit.js';
+import { PackReport, Slots } from './pack-report.js';
+import { errorMessage } from '../util.js';
+import type { RedisConnection } from '../redis.js';
+
+const NONE: ReadonlySet<string> = new Set();
+
+/** What a {@link PackedRunner} needs beyond a batch runner's dependencies. */
+export interface PackedRunnerDeps extends BatchRunnerDeps {
+  /** Aborted when the worker starts closing: notifications not started yet stay for later. */
+  signal: AbortSignal;
+  /** The connection of the consumer's queue (to look for jobs of the pack's notifications). */
+  redis: RedisConnection;
+  /** The processor of the consumer's one-notification jobs (replays, notifications that left a pack). */
+  single: (job: Job, token?: string) => Promise<unknown>;
+}
+
+/**
+ * Runs a packed consumer's jobs (`batch` + plain `handle`; docs/performance.md, "Packed
+ * delivery"): a job carries up to `batch.size` notifications (src/bridge/pack.ts), and `handle`
+ * runs once per notification, up to `concurrency` at once across every job of the process.
+ *
+ * 1. The ledger is asked once per pack which of its notifications are completed (batched with the
+ *    other lookups, see `CompletedLookup`); those, and those that already have a job of their
+ *    own (`n<id>`: they left this pack in an earlier run of it), are left out. So a stalled
+ *    restart of a pack half done, or the same rows packed twice, handles nothing again.
+ * 2. Payloads by reference are read in one query for the pack.
+ * 3. Each notification: its own span (child of its writer's context), `ctx.signal` and timeout,
+ *    its own transaction for a transactional consumer (ledger row in it), its own ledger row,
+ *    metrics and log lines, as for a job of its own. Its completion is written to the ledger
+ *    before the pack completes (the pack is not done, so BullMQ cannot say it ran).
+ * 4. A failure takes the notification out of the pack (src/consume/pack-exit.ts): a job of its own
+ *    retried with backoff, or a dead letter; the others are not run again.
+ * 5. The pack's return value names each notification's outcome; its progress (percent) moves
+ *    while it runs (Bull Board shows both).
+ *
+ * When the worker closes, notifications not started yet are not started: the pack goes back to
+ * the delayed set (no attempt used) for the next worker, which skips what completed.
+ */
+export class PackedRunner {
+  /** BullMQ concurrency: a pack holds one slot; handler runs are bounded by {@link slots}. */
+  readonly workerConcurrency: number;
+  private readonly slots: Slots;
+
+  constructor(
+    private readonly def: PackedConsumerDefinition,
+    private readonly deps: PackedRunnerDeps,
+  ) {
+    this.workerConcurrency = deps.concurrency;
+    this.slots = new Slots(deps.concurrency);
+  }
+
+  /** The BullMQ processor. */
+  readonly process = async (job: Job, token?: string): Promise<unknown> => {
+    const data = job.data as { batch?: unknown } | undefined;
+    if (!Array.isArray(data?.batch)) {
+      await this.slots.acquire();
+      try {
+        return await this.deps.single(job, token);
+      } finally {
+        this.slots.release();
+      }
+    }
+    return this.pack(job, token);
+  };
+
+  private async pack(job: Job, token: string | undefined): Promise<unknown> {
+    const { entries, replay } = entriesOf(job);
+    const unsubscribed = await this.deps.leaveForeign?.(
+      job,
+      entries.map((e) => e.channel),
+    );
+    if (unsubscribed) return unsubscribed;
+    const report = new PackReport(job, entries);
+    const attempt = attemptOf(job);
+    // A transactional run decides inside its transaction, under the delivery's row lock.
+    const done =
+      this.deps.lookup && !this.def.transactional
+        ? await this.deps.lookup.completedAmong(
+            this.def.id,
+            entries.map((e) => e.id),
+          )
+        : NONE;
+    for (const id of done) report.set(id, 'skipped: already completed per the ledger');
+    const open = entries.filter((e) => !done.has(e.id));
+    const left = await this.ownJobsAmong(open);
+    for (const id of left) report.set(id, `left the pack as job ${this.deps.jobIdFor(id)}`);
+    const todo = open.filter((e) => !left.has(e.id));
+    const loaded = await withPayloads(this.deps.db, this.deps.store.schema, todo);
+    report.watch();
+    try {
+      await Promise.all(todo.map((e, i) => this.one(job, e, loaded[i], attempt, replay, report)));
+    } finally {
+      report.unwatch();
+    }
+    if (report.deferred > 0) {
+      // Closing: the rest runs on the next worker (the ledger skips what completed here).
+      await job.moveToDelayed(Date.now(), token);
+      throw new DelayedError('worker closing: the rest of the pack is left for the next worker');
+    }
+    return report.summary();
+  }
+
+  /** Of `entries`, those with a job of their own in the queue (they left the pack before). */
+  private async ownJobsAmong(entries: readonly NotificationJobData[]): Promise<Set<string>> {
+    const found = new Set<string>();
+    if (entries.length === 0) return found;
+    const queue = this.deps.queue();
+    const pipeline = this.deps.redis.pipeline();
+    for (const e of entries) pipeline.exists(queue.toKey(this.deps.jobIdFor(e.id)));
+    const replies = (await pipeline.exec()) ?? [];
+    replies.forEach(([error, exists], i) => {
+      if (error) throw error;
+      if (exists === 1) found.add(entries[i].id);
+    });
+    return found;
+  }
+
+  /** One notification of a pack: its handler run, then its outcome. */
+  private async one(
+    job: Job,
+    entry: NotificationJobData,
+    loaded: NotificationJobData,
+    attempt: number,
+    replay: boolean,
+    report: PackReport,
+  ): Promise<void> {
+    await this.slots.acquire();
+    if (this.deps.signal.aborted) {
+      this.slots.release();
+      report.defer(entry.id);
+      return;
+    }
+    const started = performance.now();
+    let ran: boolean;
+    try {
+      const n = toNotification(loaded, attempt, replay);
+      ran = await traceHandleCall(this.def.id, entry, attempt, () => this.call(n, job), job.id);
+    } catch (error) {
+      this.slots.release();
+      await this.failed(job, entry, attempt, started, error, report);
+      return;
+    }
+    this.slots.release();
+    if (!ran) {
+      report.set(entry.id, 'skipped: already completed per the ledger');
+      return;
+    }
+    await this.completed(entry, attempt, started, report);
+  }
+
+  /** `handle(n, job, ctx)` under the consumer's timeout; transactional: in its own transaction. */
+  private async call(n: Notification, job: Job): Promise<boolean> {
+    const def = this.def;
+    const options = {
+      timeoutMs: def.timeout,
+      what: `handler of ${def.id}`,
+      onTimeout: () =>
+        this.deps.log.warn(
+          { notificationId: n.id, consumer: def.id, jobId: job.id, timeoutMs: def.timeout },
+          'handler timed out; its signal is aborted and the retry waits until it settles',
+        ),
+    };
+    if (!def.transactional) {
+      await this.deps.attempts.run((ctx) => def.handle(n, job, ctx), options);
+      return true;
+    }
+    if (!this.deps.transactions) throw new Error(`no transaction pool for ${def.id}`);
+    const outcome = await this.deps.transactions.run(def.id, [n.id], n.attempt, def.timeout, (db) =>
+      this.deps.attempts.run(({ signal }) => def.handle(n, job, { signal, db }), options),
+    );
+    return outcome.ran;
+  }
+
+  private async completed(
+    entry: NotificationJobData,
+    attempt: number,
+    started: number,
+    report: PackReport,
+  ): Promise<void> {
+    const seconds = (performance.now() - started) / 1000;
+    // A transactional run committed its ledger row with the handler's writes. Otherwise the row
+    // is written before the pack can complete: until then only the ledger knows it ran.
+    if (!this.def.transactional) {
+      await this.deps.ledger?.write(
+        {
+          consumerId: this.def.id,
+          notificationId: entry.id,
+          status: 'completed',
+          attempts: attempt,
+          lastError: null,
+        },
+        true,
+      );
+    }
+    report.set(entry.id, 'completed');
+    this.deps.metrics?.observeJob(this.def.id, 'completed', seconds);
+    if (this.deps.log.isLevelEnabled('debug')) {
+      this.deps.log.debug(
+        {
+          notificationId: entry.id,
+          channel: entry.channel,
+          consumer: this.def.id,
+          attempt,
+          ms: Math.round(seconds * 1000),
+        },
+        'handled',
+      );
+    }
+  }
+
+  /** A failed run: the notification leaves the pack, to be retried alone or as a dead letter. */
+  private async failed(
+    job: Job,
+    entry: NotificationJobData,
+    attempt: number,
+    started: number,
+    error: unknown,
+    report: PackReport,
+  ): Promise<void> {
+    const final = isPermanent(error) || attempt >= (job.opts.attempts ?? 1);
+    const seconds = (performance.now() - started) / 1000;
+    this.deps.metrics?.observeJob(this.def.id, final ? 'failed' : 'retried', seconds);
+    const jobId = this.deps.jobIdFor(entry.id);
+    const message = errorMessage(error);
+    const fields = {
+      notificationId: entry.id,
+      channel: entry.channel,
+      consumer: this.def.id,
+      attempt,
+      err: message,
+      jobId,
+      packJobId: job.id,
+    };
+    // Its own job first: a restart of the pack finds it and leaves the notification to it.
+    const exit = exitJob(job, entry, jobId, attempt, error, final);
+    await this.deps.queue().add(exit.name, exit.data, exit.opts);
+    if (!final) {
+      this.deps.log.warn(fields, 'handler failed; will retry');
+      report.set(entry.id, `failed (attempt ${attempt}: ${message}); retried as job ${jobId}`);
+      return;
+    }
+    this.deps.log.error(fields, 'handler failed for good (job kept as failed)');
+    await this.deps.ledger?.write(
+      {
+        consumerId: this.def.id,
+        notificationId: entry.id,
+        status: 'failed',
+        attempts: attempt,
+        lastError: message.slice(0, 2000),
+      },
+      true,
+    );
+    report.set(entry.id, `failed for good (attempt ${attempt}: ${message}); dead letter ${jobId}`);
+  }
+}
