@@ -36,6 +36,42 @@ export function backoffAfter(
   };
 }
 
+/** The job options every job leaving `pack` starts from. */
+function baseOptions(pack: Job, jobId: string): JobsOptions {
+  return {
+    jobId,
+    attempts: pack.opts.attempts,
+    removeOnComplete: pack.opts.removeOnComplete,
+    removeOnFail: pack.opts.removeOnFail,
+  };
+}
+
+/**
+ * A job for `entry`, leaving pack `pack` without having failed in it: the pack was restarted
+ * (a stalled worker, a stop) and hands out what it had not finished. It keeps the attempts the
+ * pack had used (a pack fails an attempt only when pgq-bridge itself could not go on).
+ */
+export function leftoverJob(
+  pack: Job,
+  entry: NotificationJobData,
+  jobId: string,
+): { name: string; data: NotificationJobData; opts: JobsOptions } {
+  const used = pack.attemptsMade;
+  if (used === 0) {
+    return {
+      name: entry.channel,
+      data: entry,
+      opts: { ...baseOptions(pack, jobId), backoff: pack.opts.backoff },
+    };
+  }
+  const next = backoffAfter(pack.opts.backoff, used);
+  return {
+    name: entry.channel,
+    data: { ...entry, attemptsBefore: used },
+    opts: { ...baseOptions(pack, jobId), backoff: next.backoff },
+  };
+}
+
 /** A job for `entry`, leaving pack `pack` after its attempt `attempt` failed with `error`. */
 export function exitJob(
   pack: Job,
@@ -45,12 +81,7 @@ export function exitJob(
   error: unknown,
   final: boolean,
 ): { name: string; data: NotificationJobData; opts: JobsOptions } {
-  const base: JobsOptions = {
-    jobId,
-    attempts: pack.opts.attempts,
-    removeOnComplete: pack.opts.removeOnComplete,
-    removeOnFail: pack.opts.removeOnFail,
-  };
+  const base = baseOptions(pack, jobId);
   if (final) {
     const deadLetter = errorMessage(error).slice(0, 2000) || 'failed';
     return {

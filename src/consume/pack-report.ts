@@ -13,8 +13,6 @@ export class PackReport {
   private readonly outcomes = new Map<string, string>();
   private timer: NodeJS.Timeout | undefined;
   private reported = -1;
-  /** Notifications not started because the worker is closing. */
-  deferred = 0;
 
   constructor(
     private readonly job: Job,
@@ -23,11 +21,6 @@ export class PackReport {
 
   set(id: string, outcome: string): void {
     this.outcomes.set(id, outcome);
-  }
-
-  defer(id: string): void {
-    this.deferred++;
-    this.outcomes.set(id, 'not started: the worker was closing');
   }
 
   /** Starts reporting progress while the pack runs longer than {@link PROGRESS_EVERY_MS}. */
@@ -59,27 +52,5 @@ export class PackReport {
       outcomes[e.id] = outcome;
     }
     return { notifications: this.entries.length, completed, outcomes };
-  }
-}
-
-/** A counting semaphore: the handler runs of one consumer in this process. */
-export class Slots {
-  private running = 0;
-  private readonly waiting: (() => void)[] = [];
-
-  constructor(private readonly size: number) {}
-
-  acquire(): Promise<void> {
-    if (this.running < this.size) {
-      this.running++;
-      return Promise.resolve();
-    }
-    return new Promise((resolve) => this.waiting.push(resolve));
-  }
-
-  release(): void {
-    const next = this.waiting.shift();
-    if (next) next();
-    else this.running--;
   }
 }

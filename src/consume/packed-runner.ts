@@ -1,12 +1,13 @@
-import { DelayedError, type Job } from 'bullmq';
+import type { Job } from 'bullmq';
 import type { PackedConsumerDefinition } from './consumers.js';
 import type { BatchRunnerDeps } from './batch-worker.js';
 import { attemptOf, entriesOf, isPermanent } from './job-data.js';
 import { withPayloads } from './payload-refs.js';
 import { toNotification, type Notification, type NotificationJobData } from './notification.js';
 import { traceHandleCall } from './tracing.js';
-import { exitJob } from './pack-exit.js';
-import { PackReport, Slots } from './pack-report.js';
+import { exitJob, leftoverJob } from './pack-exit.js';
+import { PackReport } from './pack-report.js';
+import { fetchSlotsFor, type Slots } from './slots.js';
 import { errorMessage } from '../util.js';
 import type { RedisConnection } from '../redis.js';
 
@@ -18,8 +19,13 @@ export interface PackedRunnerDeps extends BatchRunnerDeps {
   signal: AbortSignal;
   /** The connection of the consumer's queue (to look for jobs of the pack's notifications). */
   redis: RedisConnection;
-  /** The processor of the consumer's one-notification jobs (replays, notifications that left a pack). */
+  /**
+   * The processor of the consumer's one-notification jobs (replays, notifications that left a
+   * pack), taking its handler slot from {@link slots}.
+   */
   single: (job: Job, token?: string) => Promise<unknown>;
+  /** The consumer's handler slots (`concurrency`), shared by packs and single jobs. */
+  slots: Slots;
 }
 
 /**
@@ -41,37 +47,33 @@ export interface PackedRunnerDeps extends BatchRunnerDeps {
  * 5. The pack's return value names each notification's outcome; its progress (percent) moves
  *    while it runs (Bull Board shows both).
  *
- * When the worker closes, notifications not started yet are not started: the pack goes back to
- * the delayed set (no attempt used) for the next worker, which skips what completed.
+ * A pack that was started before without using an attempt (its worker died, BullMQ restarted it
+ * as stalled) and a pack whose worker is closing hand their unfinished notifications out as jobs
+ * of their own (`n<id>`, their attempts kept) and complete: each then has BullMQ's stalled-job
+ * limit to itself, so a notification that kills its process fails alone.
  */
 export class PackedRunner {
-  /** BullMQ concurrency: a pack holds one slot; handler runs are bounded by {@link slots}. */
+  /**
+   * BullMQ concurrency: a pack holds one; handler runs are bounded by the slots, so the lookups
+   * of further packs overlap the running handlers.
+   */
   readonly workerConcurrency: number;
-  private readonly slots: Slots;
 
   constructor(
     private readonly def: PackedConsumerDefinition,
     private readonly deps: PackedRunnerDeps,
   ) {
-    this.workerConcurrency = deps.concurrency;
-    this.slots = new Slots(deps.concurrency);
+    this.workerConcurrency = fetchSlotsFor(deps.concurrency);
   }
 
   /** The BullMQ processor. */
-  readonly process = async (job: Job, token?: string): Promise<unknown> => {
+  readonly process = (job: Job, token?: string): Promise<unknown> => {
     const data = job.data as { batch?: unknown } | undefined;
-    if (!Array.isArray(data?.batch)) {
-      await this.slots.acquire();
-      try {
-        return await this.deps.single(job, token);
-      } finally {
-        this.slots.release();
-      }
-    }
-    return this.pack(job, token);
+    if (!Array.isArray(data?.batch)) return this.deps.single(job, token);
+    return this.pack(job);
   };
 
-  private async pack(job: Job, token: string | undefined): Promise<unknown> {
+  private async pack(job: Job): Promise<unknown> {
     const { entries, replay } = entriesOf(job);
     const unsubscribed = await this.deps.leaveForeign?.(
       job,
@@ -93,17 +95,45 @@ export class PackedRunner {
     const left = await this.ownJobsAmong(open);
     for (const id of left) report.set(id, `left the pack as job ${this.deps.jobIdFor(id)}`);
     const todo = open.filter((e) => !left.has(e.id));
+    // Started before without an attempt used up: its worker died (stalled) or stopped. What it
+    // had not finished leaves as jobs of their own, each with BullMQ's stalled-job limit, so a
+    // notification that kills its process fails alone instead of taking the pack with it.
+    if (job.attemptsStarted > job.attemptsMade + 1) {
+      return this.handOut(job, todo, report, 'the pack restarted');
+    }
     const loaded = await withPayloads(this.deps.db, this.deps.store.schema, todo);
     report.watch();
+    let deferred: NotificationJobData[];
     try {
-      await Promise.all(todo.map((e, i) => this.one(job, e, loaded[i], attempt, replay, report)));
+      const started = await Promise.all(
+        todo.map((e, i) => this.one(job, e, loaded[i], attempt, replay, report)),
+      );
+      deferred = todo.filter((_, i) => !started[i]);
     } finally {
       report.unwatch();
     }
-    if (report.deferred > 0) {
-      // Closing: the rest runs on the next worker (the ledger skips what completed here).
-      await job.moveToDelayed(Date.now(), token);
-      throw new DelayedError('worker closing: the rest of the pack is left for the next worker');
+    // Closing: what did not start continues on the next worker (the ledger has the rest).
+    if (deferred.length > 0) return this.handOut(job, deferred, report, 'the worker stopped');
+    return report.summary();
+  }
+
+  /** Hands notifications of the pack out as jobs of their own; the pack then completes. */
+  private async handOut(
+    job: Job,
+    entries: NotificationJobData[],
+    report: PackReport,
+    why: string,
+  ): Promise<unknown> {
+    const jobs = entries.map((e) => leftoverJob(job, e, this.deps.jobIdFor(e.id)));
+    if (jobs.length > 0) await this.deps.queue().addBulk(jobs);
+    for (const e of entries) {
+      report.set(e.id, `${why}: handed out as job ${this.deps.jobIdFor(e.id)}`);
+    }
+    if (entries.length > 0) {
+      this.deps.log.info(
+        { consumer: this.def.id, jobId: job.id, notifications: entries.length },
+        `${why}: its unfinished notifications continue as jobs of their own`,
+      );
     }
     return report.summary();
   }
@@ -131,12 +161,11 @@ export class PackedRunner {
     attempt: number,
     replay: boolean,
     report: PackReport,
-  ): Promise<void> {
-    await this.slots.acquire();
+  ): Promise<boolean> {
+    const release = await this.deps.slots.acquire();
     if (this.deps.signal.aborted) {
-      this.slots.release();
-      report.defer(entry.id);
-      return;
+      release();
+      return false;
     }
     const started = performance.now();
     let ran: boolean;
@@ -144,16 +173,14 @@ export class PackedRunner {
       const n = toNotification(loaded, attempt, replay);
       ran = await traceHandleCall(this.def.id, entry, attempt, () => this.call(n, job), job.id);
     } catch (error) {
-      this.slots.release();
+      release();
       await this.failed(job, entry, attempt, started, error, report);
-      return;
+      return true;
     }
-    this.slots.release();
-    if (!ran) {
-      report.set(entry.id, 'skipped: already completed per the ledger');
-      return;
-    }
-    await this.completed(entry, attempt, started, report);
+    release();
+    if (ran) await this.completed(entry, attempt, started, report);
+    else report.set(entry.id, 'skipped: already completed per the ledger');
+    return true;
   }
 
   /** `handle(n, job, ctx)` under the consumer's timeout; transactional: in its own transaction. */

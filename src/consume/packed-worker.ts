@@ -6,6 +6,7 @@ import { traceJobs } from './tracing.js';
 import { forPackExits } from './pack-exit.js';
 import { PackedRunner } from './packed-runner.js';
 import { startFetcher, type FetcherConnection } from './fetchers.js';
+import { Slots } from './slots.js';
 
 /**
  * The BullMQ Worker of a packed consumer (`batch` + plain `handle`): packs go through a
@@ -19,7 +20,8 @@ export function startPackedWorker(
 ): Worker {
   // The per-job pipeline reads only the handler and its options, never `batch`.
   const asSingle = { ...def, batch: undefined } as SingleConsumerDefinition;
-  const single = forPackExits(traceJobs(def.id, createJobProcessor(asSingle, deps)));
-  const runner = new PackedRunner(def, { ...deps, single, redis: where.connection });
+  const slots = new Slots(deps.concurrency);
+  const single = forPackExits(traceJobs(def.id, createJobProcessor(asSingle, { ...deps, slots })));
+  const runner = new PackedRunner(def, { ...deps, single, slots, redis: where.connection });
   return startFetcher(def, runner.process, runner.workerConcurrency, where);
 }
