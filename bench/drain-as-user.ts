@@ -12,8 +12,10 @@
  * ratios. Unlike bench/drain.ts, every side runs in processes of its own, on the CLI's settings.
  *
  * Run: `node --import tsx bench/drain-as-user.ts [--counts 20000,50000] [--rounds 3]
- * [--concurrency 50] [--batch-size 500] [--cpu-prof DIR]` (`--cpu-prof`: every measured process
- * writes a V8 CPU profile into DIR). Schema and Redis prefix `pgqbench_user`, dropped at the end.
+ * [--concurrency 50] [--batch-size 500] [--packed] [--cpu-prof DIR]` (`--cpu-prof`: every measured
+ * process writes a V8 CPU profile into DIR; `--packed`: the pgq-bridge consumer gets
+ * `batch: { size: 50, maxWaitMs: 20 }` with the same plain `handle`, packed delivery, against the
+ * same raw BullMQ side). Schema and Redis prefix `pgqbench_user`, dropped at the end.
  */
 import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
@@ -48,6 +50,8 @@ export interface UserDrainOptions {
   rounds: number;
   concurrency: number;
   batchSize: number;
+  /** The pgq-bridge consumer runs packed (`batch: { size: 50, maxWaitMs: 20 }`, plain handle). */
+  packed?: boolean;
   /** Write V8 CPU profiles of every measured process here. */
   cpuProf?: string;
 }
@@ -211,6 +215,7 @@ async function pgqRound(options: UserDrainOptions, count: number): Promise<UserD
     ...cliEnv(SCHEMA, PREFIX),
     BENCH_INCR_KEY: COUNTER,
     BENCH_CONCURRENCY: String(options.concurrency),
+    BENCH_PACKED: options.packed ? '1' : '0',
   };
   const s = `"${SCHEMA}"`;
   let listener: Child | undefined;
@@ -307,7 +312,7 @@ export async function benchDrainAsUser(options: UserDrainOptions): Promise<UserD
 /** Prints the result of {@link benchDrainAsUser}. */
 export function printDrainAsUser(result: UserDrainResult): void {
   printTable(
-    `Drain as a user runs it (Node ${result.node}, both sides): stored rows → \`pgq-bridge listen\` started beside a running \`work\` (INCR handler, concurrency ${result.options.concurrency}) vs a BullMQ producer started beside a running Worker (same handler); ms from the spawn`,
+    `Drain as a user runs it (Node ${result.node}, both sides): stored rows → \`pgq-bridge listen\` started beside a running \`work\` (INCR handler, concurrency ${result.options.concurrency}${result.options.packed ? ', packed: batch { size: 50, maxWaitMs: 20 } with plain handle' : ''}) vs a BullMQ producer started beside a running Worker (same handler); ms from the spawn`,
     result.sizes.flatMap((size) => [
       ...size.rounds.map((r, i) => ({
         count: size.count,
@@ -360,6 +365,7 @@ if (isMain(import.meta.url)) {
     rounds: numbers(args, 'rounds', [3])[0],
     concurrency: numbers(args, 'concurrency', [50])[0],
     batchSize: numbers(args, 'batch-size', [500])[0],
+    packed: args.includes('--packed'),
     ...(profIndex >= 0 ? { cpuProf: args[profIndex + 1] } : {}),
   });
   printDrainAsUser(result);

@@ -4,7 +4,8 @@
  * does: one Redis command of its own (`INCR` on the key in BENCH_INCR_KEY, over its own
  * connection), so the bench learns that every notification was handled by reading that counter.
  * procs/raw-worker.mjs runs the same handler on the raw BullMQ side. Plain JavaScript: no
- * TypeScript loader in the measured process.
+ * TypeScript loader in the measured process. With BENCH_PACKED=1 (`drain-as-user --packed`) the
+ * same handler runs packed: `batch: { size: 50, maxWaitMs: 20 }` with this plain `handle`.
  */
 import { Redis } from 'ioredis';
 
@@ -15,6 +16,7 @@ export default {
   id: 'user',
   channels: ['user'],
   concurrency: Number(process.env.BENCH_CONCURRENCY ?? 50),
+  ...(process.env.BENCH_PACKED === '1' ? { batch: { size: 50, maxWaitMs: 20 } } : {}),
   async handle() {
     await redis.incr(key);
   },
