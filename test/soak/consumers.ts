@@ -119,7 +119,7 @@ import { defineConsumer } from 'pgq-bridge';
 
 const pool = new pg.Pool({
   connectionString: process.env.DATABASE_URL,
-  max: 8,
+  max: 16,
   connectionTimeoutMillis: 5000,
   // A write whose answer never comes (a cut path) fails the attempt; BullMQ retries it.
   query_timeout: 20000,
@@ -139,15 +139,17 @@ function versionOf(n) {
 // One handler run: record its start (through db: the attempt's transaction client of a
 // transactional consumer, else the pool), work, record its end. slow: ms to work instead of a few;
 // with a signal, every other slow run gives up when the signal aborts (a timeout), the others
-// ignore it. failFirst: the probability that a first attempt fails after its work.
+// ignore it. failFirst: the probability that a first attempt fails after its work. Every call has
+// an id of its own (call_id), so that its end is recorded even when the start's answer was lost
+// (a cut path after the INSERT committed).
 async function run(consumer, n, { db = pool, signal, slow = 0, failFirst = 0 } = {}) {
-  const { rows } = await db.query(
-    'INSERT INTO "${soakSchema}".handled (consumer, notification_id, attempt, is_replay, pid, key, version, slow, channel, code) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING seq',
-    [consumer, n.id, n.attempt, n.isReplay, process.pid, n.key ?? null, versionOf(n), slow > 0, n.channel, ${JSON.stringify(version.code)}],
-  );
-  const seq = rows[0].seq;
+  const call = newCallId();
   let outcome = 'failed';
   try {
+    await db.query(
+      'INSERT INTO "${soakSchema}".handled (consumer, notification_id, attempt, is_replay, pid, key, version, slow, channel, code, call_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)',
+      [consumer, n.id, n.attempt, n.isReplay, process.pid, n.key ?? null, versionOf(n), slow > 0, n.channel, ${JSON.stringify(version.code)}, call],
+    );
     if (slow > 0 && signal && Math.random() < 0.5) {
       await new Promise((resolve, reject) => {
         const timer = setTimeout(resolve, slow);
@@ -162,19 +164,21 @@ async function run(consumer, n, { db = pool, signal, slow = 0, failFirst = 0 } =
     }
     outcome = 'ok';
   } finally {
-    await ended(db, [seq], outcome);
+    await ended(db, call, outcome);
   }
 }
 
-// One batch attempt: a run per notification in it (one start, one end for all of them).
+// One batch attempt: a run per notification in it (one start, one end for all of them, one
+// call_id, which is also its batch_run; pos: the place in the batch).
 async function runBatch(consumer, ns, { failFirst = 0 } = {}) {
-  const { rows } = await pool.query(
-    'INSERT INTO "${soakSchema}".handled (consumer, notification_id, attempt, is_replay, pid, key, version, slow, channel, code, batch_run, pos) SELECT $1, u.id, u.attempt, u.replay, $2, u.key, u.version, false, u.channel, $3, $10, u.pos FROM unnest($4::bigint[], $5::int[], $6::boolean[], $7::text[], $8::int[], $9::text[]) WITH ORDINALITY AS u(id, attempt, replay, key, version, channel, pos) RETURNING seq',
-    [consumer, process.pid, ${JSON.stringify(version.code)}, ns.map((n) => n.id), ns.map((n) => n.attempt), ns.map((n) => n.isReplay),
-     ns.map((n) => n.key ?? null), ns.map(versionOf), ns.map((n) => n.channel), Math.floor(Math.random() * 2 ** 52)],
-  );
+  const call = newCallId();
   let outcome = 'failed';
   try {
+    await pool.query(
+      'INSERT INTO "${soakSchema}".handled (consumer, notification_id, attempt, is_replay, pid, key, version, slow, channel, code, call_id, batch_run, pos) SELECT $1, u.id, u.attempt, u.replay, $2, u.key, u.version, false, u.channel, $3, $10, $10, u.pos FROM unnest($4::bigint[], $5::int[], $6::boolean[], $7::text[], $8::int[], $9::text[]) WITH ORDINALITY AS u(id, attempt, replay, key, version, channel, pos)',
+      [consumer, process.pid, ${JSON.stringify(version.code)}, ns.map((n) => n.id), ns.map((n) => n.attempt), ns.map((n) => n.isReplay),
+       ns.map((n) => n.key ?? null), ns.map(versionOf), ns.map((n) => n.channel), call],
+    );
     await sleep(5 + Math.floor(Math.random() * 15));
     if (failFirst > 0 && ns[0].attempt === 1 && Math.random() < failFirst) {
       outcome = 'thrown';
@@ -182,22 +186,23 @@ async function runBatch(consumer, ns, { failFirst = 0 } = {}) {
     }
     outcome = 'ok';
   } finally {
-    await ended(pool, rows.map((r) => r.seq), outcome);
+    await ended(pool, call, outcome);
   }
 }
 
-// Records the end of runs seqs and how they ended (ok; thrown on purpose; failed: aborted by the
-// signal or an error). In a transaction (a transactional consumer) at once, with the effect; else
-// the end time is taken now (rounded up to the next ms, so never before the true end) and written
-// with others every 50 ms, retried while Postgres is away: one statement for many runs. A process
-// that exits first leaves its runs' ends to its exit time (test/soak/verify.ts).
-async function ended(db, seqs, outcome) {
+const newCallId = () => Math.floor(Math.random() * 2 ** 52);
+
+// Records the end of the runs of call and how they ended (ok; thrown on purpose; failed: aborted
+// by the signal or an error). In a transaction (a transactional consumer) at once, with the
+// effect; else the end time is taken now (rounded up to the next ms, so never before the true
+// end) and written with others every 50 ms, retried while Postgres is away: one statement for many
+// runs. A process that exits first leaves its runs' ends to its exit time (test/soak/verify.ts).
+async function ended(db, call, outcome) {
   if (db !== pool) {
-    await db.query('UPDATE "${soakSchema}".handled SET ended_at = clock_timestamp(), outcome = $2 WHERE seq = ANY($1::bigint[])', [seqs, outcome]);
+    await db.query('UPDATE "${soakSchema}".handled SET ended_at = clock_timestamp(), outcome = $2 WHERE call_id = $1', [call, outcome]);
     return;
   }
-  const at = Date.now() + 1;
-  for (const seq of seqs) pendingEnds.push({ seq, at, outcome });
+  pendingEnds.push({ call, at: Date.now() + 1, outcome });
 }
 
 const pendingEnds = [];
@@ -208,8 +213,8 @@ setInterval(async () => {
   const batch = pendingEnds.splice(0, 5000);
   try {
     await pool.query(
-      'UPDATE "${soakSchema}".handled h SET ended_at = to_timestamp(u.at / 1000.0), outcome = u.outcome FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS u(seq, at, outcome) WHERE h.seq = u.seq',
-      [batch.map((e) => e.seq), batch.map((e) => e.at), batch.map((e) => e.outcome)],
+      'UPDATE "${soakSchema}".handled h SET ended_at = to_timestamp(u.at / 1000.0), outcome = u.outcome FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS u(call, at, outcome) WHERE h.call_id = u.call',
+      [batch.map((e) => e.call), batch.map((e) => e.at), batch.map((e) => e.outcome)],
     );
   } catch {
     pendingEnds.unshift(...batch);

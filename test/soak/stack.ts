@@ -140,13 +140,16 @@ export async function createStack(runId: string): Promise<Stack> {
       -- The notification's channel, and the version of the consumers file that ran it (deploy.ts).
       channel text NOT NULL,
       code text NOT NULL,
-      -- A batch consumer's runs of one handleBatch call share batch_run; pos: place in the batch.
+      -- The handler call (its end is recorded by it); a batch consumer's runs of one handleBatch
+      -- call share it, also as batch_run; pos: the place in the batch.
+      call_id bigint NOT NULL,
       batch_run bigint,
       pos int,
       -- The writing transaction: a transactional consumer's handling shares it with its ledger row.
       xact bigint NOT NULL DEFAULT txid_current());
     CREATE INDEX ON ${soakSchema}.handled (consumer, notification_id);
     CREATE INDEX ON ${soakSchema}.handled (notification_id);
+    CREATE INDEX ON ${soakSchema}.handled (call_id);
     CREATE TABLE ${soakSchema}.ledger_log (
       consumer_id text NOT NULL,
       notification_id bigint NOT NULL,

@@ -142,7 +142,7 @@ function causeOf(
   // duplicate job; said apart by the attempt numbers and the earlier run's outcome.
   const how =
     later.attempt > earlier.attempt ? 'a later attempt' : `attempt ${later.attempt} again`;
-  return `${prefix}unexplained: ${how} after a run that ended ${earlier.outcome ?? 'unknown'}${
+  return `${prefix}unexplained: ${earlier.consumer}: ${how} after a run that ended ${earlier.outcome ?? 'unknown'}${
     later.pid === earlier.pid ? ', same process' : ''
   }`;
 }
@@ -155,6 +155,12 @@ const COMMITTED = 'coalesce(pg_xact_commit_timestamp(l.xmin), l.logged_at)';
 
 function bump(counts: Record<string, number>, key: string, by = 1): void {
   counts[key] = (counts[key] ?? 0) + by;
+}
+
+function describe(run: Run | undefined): string {
+  if (!run) return '?';
+  const batch = run.batchRun === null ? '' : `, handleBatch call ${run.batchRun} #${run.pos}`;
+  return `pid ${run.pid}, attempt ${run.attempt}${run.isReplay ? ', replay' : ''}${batch}`;
 }
 
 function iso(ms: number | undefined): string {
@@ -340,8 +346,8 @@ export async function verify(
           pairOverlaps++;
           if (overlapExamples.length < 10) {
             overlapExamples.push(
-              `${pair}: run from ${iso(lastRun?.start)} to ${iso(lastRun?.end)} (pid ${lastRun?.pid}) ` +
-                `overlaps the run from ${iso(run.start)} (pid ${run.pid}, attempt ${run.attempt})`,
+              `${pair}: run from ${iso(lastRun?.start)} to ${iso(lastRun?.end)} (${describe(lastRun)}) ` +
+                `overlaps the run from ${iso(run.start)} (${describe(run)})`,
             );
           }
         }
