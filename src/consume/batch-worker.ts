@@ -102,9 +102,9 @@ export class BatchRunner {
     );
     if (unsubscribed) return unsubscribed;
     const attempt = attemptOf(job);
-    // A transactional call decides inside its transaction, under the deliveries' row locks.
+    // A transactional call decides in its transaction (ordered: also here, for the gate's turns).
     const done =
-      this.deps.lookup && !this.def.transactional
+      this.deps.lookup && (!this.def.transactional || this.deps.gate)
         ? await this.deps.lookup.completedAmong(
             this.def.id,
             parsed.entries.map((e) => e.id),
