@@ -29,6 +29,8 @@ export interface DrainConsumer {
   id: string;
   concurrency: number;
   batch?: { size: number; maxWaitMs: number };
+  /** With `batch`: a plain `handle` (packed delivery) instead of `handleBatch`. */
+  packed?: boolean;
 }
 
 /** Figures of one drain run. */
@@ -80,15 +82,23 @@ export async function drainBridge(
     await clearPrefix(redis, PREFIX);
     await migrate({ db: DATABASE_URL, schema: SCHEMA });
     const definitions: ConsumerDefinition[] = consumers.map((c) =>
-      c.batch
+      c.batch && c.packed
         ? {
             id: c.id,
             channels: ['bench'],
             concurrency: c.concurrency,
             batch: c.batch,
-            handleBatch: (notifications) => tick(notifications.length),
+            handle: () => tick(1),
           }
-        : { id: c.id, channels: ['bench'], concurrency: c.concurrency, handle: () => tick(1) },
+        : c.batch
+          ? {
+              id: c.id,
+              channels: ['bench'],
+              concurrency: c.concurrency,
+              batch: c.batch,
+              handleBatch: (notifications) => tick(notifications.length),
+            }
+          : { id: c.id, channels: ['bench'], concurrency: c.concurrency, handle: () => tick(1) },
     );
     const worker = createWorker({ settings, consumers: definitions });
     await worker.start();

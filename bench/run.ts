@@ -7,7 +7,8 @@
  *   npm run bench -- --only drain,stream --rounds 3 --json bench/latest.json
  *
  * Sections: ingest (bench/ingest.ts), drain (bench/drain.ts for pgq-bridge vs raw BullMQ,
- * bench/alternatives.ts for graphile-worker and pg-boss, bench/fanout.ts for batch consumers),
+ * bench/alternatives.ts for graphile-worker and pg-boss, bench/fanout.ts for packed delivery and
+ * batch consumers),
  * fan-out (bench/fanout.ts), live stream (bench/stream.ts).
  */
 import { writeFile } from 'node:fs/promises';
@@ -38,6 +39,8 @@ import {
 const BATCH = 1000;
 /** Concurrent batch handlers (pgq-bridge consumer concurrency, pg-boss `work()` calls). */
 const BATCH_HANDLERS = 4;
+/** Notifications per job of the packed consumer (`batch.size` with a plain `handle`). */
+const PACK = 50;
 
 interface DrainRow {
   system: string;
@@ -84,6 +87,13 @@ async function benchDrains(flags: BenchFlags): Promise<{ count: number; rows: Dr
       nodes.set('pgboss', pgboss.node);
     },
     async () => {
+      // Packed delivery: a plain one-at-a-time handle, the notifications travel 50 per job.
+      const packed = await drainBridge(count, [
+        { id: 'bench', concurrency: 50, batch: { size: PACK, maxWaitMs: 0 }, packed: true },
+      ]);
+      add('bridge-packed', packed.perSecond);
+    },
+    async () => {
       try {
         const batch = await drainBridge(count, [
           { id: 'bench', concurrency: BATCH_HANDLERS, batch: { size: BATCH, maxWaitMs: 0 } },
@@ -126,6 +136,12 @@ async function benchDrains(flags: BenchFlags): Promise<{ count: number; rows: Dr
         `pg-boss ${versions['pg-boss']}`,
         `batchSize ${BATCH}, localConcurrency ${BATCH_HANDLERS}`,
         'pgboss',
+      ),
+      row(
+        'pgq-bridge',
+        `packed: plain handle, ${PACK} per job, concurrency 50`,
+        'bridge-packed',
+        true,
       ),
       row(
         'pgq-bridge',
