@@ -6,6 +6,7 @@
  * order; a dead letter blocks its key until `reconcile --failed` or `consumers skip` releases it
  * (the next one promoted, not timed out).
  */
+import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   createListener,
@@ -312,6 +313,54 @@ describe('an ordered batch consumer', () => {
     await waitFor(() => done.length >= 3, { timeoutMs: 20_000, message: 'R3 and R4 handled' });
     expect(done).toEqual([r1, r3, r4]);
     expect(performance.now() - releasedAt).toBeLessThan(3000);
+  });
+
+  it('runs two packs that each hold a key the other waits for (no deadlock), in order, by promotion', async () => {
+    const calls: string[][] = [];
+    await startWorker({
+      id: 'ob-cross',
+      channels: ['b6'],
+      ordered: true,
+      concurrency: 2,
+      batch: { size: 10, maxWaitMs: 0 },
+      handleBatch(ns) {
+        calls.push(ns.map((n) => n.id));
+      },
+    });
+    // Stored as bridged, so the listener leaves them alone: the test packs them itself.
+    const { rows } = await t.pool.query<{ id: string; key: string; created_at: Date }>(
+      `INSERT INTO "${t.schema}".notifications (channel, payload, key, bridged_at)
+       SELECT 'b6', '{}', k, now() FROM unnest(ARRAY['K', 'J', 'K', 'J', 'K']) WITH ORDINALITY u(k, o)
+        ORDER BY o RETURNING id::text, key, created_at`,
+    );
+    rows.sort((a, b) => Number(a.id) - Number(b.id));
+    const [k1, j1, k2, j2, k3] = rows.map((r) => ({
+      id: r.id,
+      channel: 'b6',
+      payload: '{}',
+      context: null,
+      createdAt: r.created_at.toISOString(),
+      key: r.key,
+    }));
+    // Pack A needs K2 (in B) before K3; pack B needs K1 and J1 (in A): waiting for whole packs
+    // would never end. Several listeners' claims can interleave like this.
+    const queue = new Queue('ob-cross', { connection: t.redis, prefix: t.prefix });
+    const started = performance.now();
+    try {
+      await queue.addBulk([
+        { name: 'batch', data: { batch: [k1, j1, k3] }, opts: { jobId: 'bA' } },
+        { name: 'batch', data: { batch: [k2, j2] }, opts: { jobId: 'bB' } },
+      ]);
+      await waitFor(() => calls.flat().length >= 5, {
+        timeoutMs: 20_000,
+        message: 'all five handled',
+      });
+    } finally {
+      await queue.close();
+    }
+    expect(calls).toEqual([[k1.id, j1.id], [k2.id, j2.id], [k3.id]]);
+    // Promoted each time (the first safety-net wait is 3.75 s or more).
+    expect(performance.now() - started).toBeLessThan(3500);
   });
 
   it("with onDeadLetter 'skip' lets the key go on after a dead letter", async () => {
