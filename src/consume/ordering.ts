@@ -149,8 +149,11 @@ export class KeyGate {
    * owed just before it with its key is finished or is itself ready in this list, and no other
    * job of this process holds its key. Notifications without a key are always ready. One
    * batched statement (with the other jobs asking in the same tick). Throws on a Postgres error.
+   * With `hold`, the ready ones' keys are held in the same synchronous step as the check: the
+   * other jobs answered by the same batched statement resume right after this one, and must see
+   * them held (else two jobs holding one notification both run it, at once).
    */
-  async turnOf(entries: readonly NotificationJobData[]): Promise<PackTurn> {
+  async turnOf(entries: readonly NotificationJobData[], hold = false): Promise<PackTurn> {
     const sorted = [...entries].sort(byId);
     const keyed = sorted.filter(
       (e): e is KeyedDelivery & NotificationJobData => e.key !== undefined,
@@ -178,6 +181,11 @@ export class KeyGate {
       blocked.add(e.key);
       turn.waiting.push(e);
     }
+    if (hold) {
+      for (const e of turn.ready) {
+        if (e.key !== undefined) this.held.set(e.key, (this.held.get(e.key) ?? 0) + 1);
+      }
+    }
     return turn;
   }
 
@@ -201,7 +209,7 @@ export class KeyGate {
   ): Promise<PackTurn> {
     let turn: PackTurn;
     try {
-      turn = await this.turnOf(entries);
+      turn = await this.turnOf(entries, true);
     } catch (error) {
       this.deps.log.warn(
         { consumer: this.consumerId, jobId: job.id, err: redactSecrets(errorMessage(error)) },
@@ -211,9 +219,6 @@ export class KeyGate {
       throw new DelayedError('ordering check failed; waiting');
     }
     if (turn.ready.length === 0) return this.waitForRest(job, token, turn);
-    for (const e of turn.ready) {
-      if (e.key !== undefined) this.held.set(e.key, (this.held.get(e.key) ?? 0) + 1);
-    }
     return turn;
   }
 
