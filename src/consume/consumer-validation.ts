@@ -72,16 +72,8 @@ export function validateConsumer(value: unknown, where: string): ConsumerDefinit
   if (def.startFrom !== undefined && def.startFrom !== 'beginning' && def.startFrom !== 'now') {
     fail(`startFrom must be 'beginning' or 'now'`);
   }
-  // Packed delivery keeps no per-key order yet: refused rather than silently unordered.
-  if (def.batch !== undefined && typeof def.handleBatch !== 'function' && isOrdered(def.ordered)) {
-    fail('ordered is not supported yet with batch and a plain handle (packed delivery)');
-  }
   validateOrdered(def.ordered, fail);
   return def as unknown as ConsumerDefinition;
-}
-
-function isOrdered(ordered: unknown): boolean {
-  return ordered !== undefined && ordered !== false;
 }
 
 /** Checks `ordered` (see {@link ConsumerOptions.ordered}). */

@@ -7,6 +7,7 @@ import { toNotification, type Notification, type NotificationJobData } from './n
 import { traceHandleCall } from './tracing.js';
 import { exitJob, leftoverJob } from './pack-exit.js';
 import { PackReport } from './pack-report.js';
+import { runByKey, type KeyedRun, type Leftover, type PackOutcome } from './packed-order.js';
 import { fetchSlotsFor, type Slots } from './slots.js';
 import { errorMessage } from '../util.js';
 import type { RedisConnection } from '../redis.js';
@@ -44,13 +45,11 @@ export interface PackedRunnerDeps extends BatchRunnerDeps {
  *    before the pack completes (the pack is not done, so BullMQ cannot say it ran).
  * 4. A failure takes the notification out of the pack (src/consume/pack-exit.ts): a job of its own
  *    retried with backoff, or a dead letter; the others are not run again.
- * 5. The pack's return value names each notification's outcome; its progress (percent) moves
- *    while it runs (Bull Board shows both).
- *
- * A pack that was started before without using an attempt (its worker died, BullMQ restarted it
- * as stalled) and a pack whose worker is closing hand their unfinished notifications out as jobs
- * of their own (`n<id>`, their attempts kept) and complete: each then has BullMQ's stalled-job
- * limit to itself, so a notification that kills its process fails alone.
+ * 5. Ordered (`gate`): only the notifications whose turn has come run, one after another per
+ *    key (src/consume/packed-order.ts); the pack then waits in the delayed set for the rest.
+ * 6. The pack's return value names each notification's outcome; its progress (percent) moves
+ *    while it runs (Bull Board shows both). A pack restarted as stalled, or whose worker is
+ *    closing, hands what it had not finished out as jobs of their own (`n<id>`, attempts kept).
  */
 export class PackedRunner {
   /**
@@ -70,10 +69,10 @@ export class PackedRunner {
   readonly process = (job: Job, token?: string): Promise<unknown> => {
     const data = job.data as { batch?: unknown } | undefined;
     if (!Array.isArray(data?.batch)) return this.deps.single(job, token);
-    return this.pack(job);
+    return this.pack(job, token);
   };
 
-  private async pack(job: Job): Promise<unknown> {
+  private async pack(job: Job, token: string | undefined): Promise<unknown> {
     const { entries, replay } = entriesOf(job);
     const unsubscribed = await this.deps.leaveForeign?.(
       job,
@@ -95,47 +94,56 @@ export class PackedRunner {
     const left = await this.ownJobsAmong(open);
     for (const id of left) report.set(id, `left the pack as job ${this.deps.jobIdFor(id)}`);
     const todo = open.filter((e) => !left.has(e.id));
-    // Started before without an attempt used up: its worker died (stalled) or stopped. What it
-    // had not finished leaves as jobs of their own, each with BullMQ's stalled-job limit, so a
-    // notification that kills its process fails alone instead of taking the pack with it.
-    if (job.attemptsStarted > job.attemptsMade + 1) {
-      return this.handOut(job, todo, report, 'the pack restarted');
-    }
-    const loaded = await withPayloads(this.deps.db, this.deps.store.schema, todo);
-    report.watch();
-    let deferred: NotificationJobData[];
-    try {
-      const started = await Promise.all(
-        todo.map((e, i) => this.one(job, e, loaded[i], attempt, replay, report)),
+    // Restarted by BullMQ after its worker died: what it had not finished leaves as jobs of
+    // their own, each with BullMQ's stalled-job limit, so a notification that kills its process
+    // fails alone instead of taking the pack with it.
+    if (job.stalledCounter > 0) {
+      await this.handOut(
+        job,
+        todo.map((entry) => ({ entry, why: 'the pack restarted' })),
+        report,
       );
-      deferred = todo.filter((_, i) => !started[i]);
+      return report.summary();
+    }
+    // Ordered: only the notifications whose turn has come run; the pack waits for the rest.
+    const gate = this.deps.gate;
+    const turn = gate ? await gate.admitPack(job, token, todo) : undefined;
+    const ready = turn?.ready ?? todo;
+    let run: KeyedRun;
+    report.watch();
+    try {
+      const loaded = await withPayloads(this.deps.db, this.deps.store.schema, ready);
+      const byEntry = new Map(ready.map((e, i) => [e, loaded[i]]));
+      run = await runByKey(
+        ready,
+        (e) => this.one(job, e, byEntry.get(e) ?? e, attempt, replay, report),
+        gate !== undefined,
+        gate?.mode === 'skip',
+      );
     } finally {
       report.unwatch();
+      gate?.letGo(ready);
     }
-    // Closing: what did not start continues on the next worker (the ledger has the rest).
-    if (deferred.length > 0) return this.handOut(job, deferred, report, 'the worker stopped');
+    await this.handOut(job, run.leftovers, report);
+    if (gate && turn) {
+      await gate.releaseAll(run.finished);
+      if (turn.waiting.length > 0) await gate.waitForRest(job, token, turn);
+    }
     return report.summary();
   }
 
-  /** Hands notifications of the pack out as jobs of their own; the pack then completes. */
-  private async handOut(
-    job: Job,
-    entries: NotificationJobData[],
-    report: PackReport,
-    why: string,
-  ): Promise<unknown> {
-    const jobs = entries.map((e) => leftoverJob(job, e, this.deps.jobIdFor(e.id)));
-    if (jobs.length > 0) await this.deps.queue().addBulk(jobs);
-    for (const e of entries) {
-      report.set(e.id, `${why}: handed out as job ${this.deps.jobIdFor(e.id)}`);
+  /** Hands notifications of the pack out as jobs of their own (`n<id>`), in id order per key. */
+  private async handOut(job: Job, leftovers: Leftover[], report: PackReport): Promise<void> {
+    if (leftovers.length === 0) return;
+    const jobs = leftovers.map((l) => leftoverJob(job, l.entry, this.deps.jobIdFor(l.entry.id)));
+    await this.deps.queue().addBulk(jobs);
+    for (const l of leftovers) {
+      report.set(l.entry.id, `${l.why}: handed out as job ${this.deps.jobIdFor(l.entry.id)}`);
     }
-    if (entries.length > 0) {
-      this.deps.log.info(
-        { consumer: this.def.id, jobId: job.id, notifications: entries.length },
-        `${why}: its unfinished notifications continue as jobs of their own`,
-      );
-    }
-    return report.summary();
+    this.deps.log.info(
+      { consumer: this.def.id, jobId: job.id, notifications: leftovers.length },
+      `${leftovers[0].why}: notifications of the pack continue as jobs of their own`,
+    );
   }
 
   /** Of `entries`, those with a job of their own in the queue (they left the pack before). */
@@ -161,11 +169,11 @@ export class PackedRunner {
     attempt: number,
     replay: boolean,
     report: PackReport,
-  ): Promise<boolean> {
+  ): Promise<PackOutcome> {
     const release = await this.deps.slots.acquire();
     if (this.deps.signal.aborted) {
       release();
-      return false;
+      return 'not started';
     }
     const started = performance.now();
     let ran: boolean;
@@ -174,13 +182,13 @@ export class PackedRunner {
       ran = await traceHandleCall(this.def.id, entry, attempt, () => this.call(n, job), job.id);
     } catch (error) {
       release();
-      await this.failed(job, entry, attempt, started, error, report);
-      return true;
+      const final = await this.failed(job, entry, attempt, started, error, report);
+      return final ? 'dead letter' : 'retrying';
     }
     release();
     if (ran) await this.completed(entry, attempt, started, report);
     else report.set(entry.id, 'skipped: already completed per the ledger');
-    return true;
+    return 'done';
   }
 
   /** `handle(n, job, ctx)` under the consumer's timeout; transactional: in its own transaction. */
@@ -251,7 +259,7 @@ export class PackedRunner {
     started: number,
     error: unknown,
     report: PackReport,
-  ): Promise<void> {
+  ): Promise<boolean> {
     const final = isPermanent(error) || attempt >= (job.opts.attempts ?? 1);
     const seconds = (performance.now() - started) / 1000;
     this.deps.metrics?.observeJob(this.def.id, final ? 'failed' : 'retried', seconds);
@@ -272,7 +280,7 @@ export class PackedRunner {
     if (!final) {
       this.deps.log.warn(fields, 'handler failed; will retry');
       report.set(entry.id, `failed (attempt ${attempt}: ${message}); retried as job ${jobId}`);
-      return;
+      return false;
     }
     this.deps.log.error(fields, 'handler failed for good (job kept as failed)');
     await this.deps.ledger?.write(
@@ -286,5 +294,6 @@ export class PackedRunner {
       true,
     );
     report.set(entry.id, `failed for good (attempt ${attempt}: ${message}); dead letter ${jobId}`);
+    return true;
   }
 }

@@ -263,21 +263,4 @@ describe('packed delivery', () => {
       await router.close();
     }
   });
-
-  it('refuses ordered with batch and a plain handle at start, with a clear error', () => {
-    expect(() =>
-      createWorker({
-        settings: apiSettings(t),
-        consumers: [
-          defineConsumer({
-            id: `p${randomId()}`,
-            channels: ['x'],
-            ordered: true,
-            batch: { size: 10, maxWaitMs: 0 },
-            handle() {},
-          }),
-        ],
-      }),
-    ).toThrow(/ordered is not supported yet with batch and a plain handle/);
-  });
 });
