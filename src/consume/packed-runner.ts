@@ -81,9 +81,9 @@ export class PackedRunner {
     if (unsubscribed) return unsubscribed;
     const report = new PackReport(job, entries);
     const attempt = attemptOf(job);
-    // A transactional run decides inside its transaction, under the delivery's row lock.
+    // A transactional run decides in its transaction (ordered: also here, for the gate's turns).
     const done =
-      this.deps.lookup && !this.def.transactional
+      this.deps.lookup && (!this.def.transactional || this.deps.gate)
         ? await this.deps.lookup.completedAmong(
             this.def.id,
             entries.map((e) => e.id),
