@@ -133,7 +133,8 @@ describe('ordered packed consumers', () => {
         ordered: true,
         concurrency: 4,
         attempts: 3,
-        backoff: 500,
+        // Long enough for k0 to finish first on a loaded machine.
+        backoff: 3000,
         startFrom: 'beginning',
         batch: { size: 50, maxWaitMs: 0 },
         handle: (n) =>
