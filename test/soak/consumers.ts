@@ -2,7 +2,8 @@
  * The soak's consumers, on 3 plain channels (orders, users, payments) and 2 keyed ones (accounts:
  * `notify(..., key)`; rows: a `pgq-bridge triggers add` trigger):
  *
- * - audit (all plain channels), mailer, search (concurrency 20: two BullMQ Workers per process),
+ * - audit (all plain channels), mailer (packed: `batch` with a plain `handle`, sometimes a
+ *   transient failure), search (concurrency 20: two BullMQ Workers per process),
  *   billing (`removeOnComplete: true`: a job re-added after its twin completed is a fresh job
  *   that only the ledger can stop), projection (transactional, `removeOnComplete: true`);
  * - slowpoke (payments): `timeout: 400` and a handler that sometimes runs far longer, half of
@@ -77,7 +78,11 @@ export const TIMED: Record<string, number> = { slowpoke: 400, sequencer: 1500 };
 /** Per consumer: the definition's extra options and its handler's body (as source text). */
 const SPECS: Record<string, { options: string; body: string }> = {
   audit: { options: '', body: 'await run("audit", n)' },
-  mailer: { options: '', body: 'await run("mailer", n)' },
+  mailer: {
+    // Packed: batch with a plain handle (a run per notification, each its own attempts).
+    options: 'batch: { size: 20, maxWaitMs: 20 },',
+    body: 'await run("mailer", n, { failFirst: 0.02 })',
+  },
   billing: { options: 'removeOnComplete: true,', body: 'await run("billing", n)' },
   search: { options: 'concurrency: 20,', body: 'await run("search", n)' },
   projection: {

@@ -4,8 +4,9 @@
  * For N minutes (default 3), 8 writers commit notifications (one per transaction) on 3 channels,
  * and 4 keyed writers commit keyed ones (each key's version bumped under its row lock: through
  * `notify(channel, payload, key)`, or a row change seen by a `pgq-bridge triggers add` trigger),
- * to 8 consumers (test/soak/consumers.ts: fan-out, removeOnComplete, transactional, a short
- * `timeout` outlived on purpose, `ordered: true`, and one the rolling deploys change), run by 2
+ * to 9 consumers (test/soak/consumers.ts: fan-out, packed, removeOnComplete, transactional, a
+ * short `timeout` outlived on purpose, `ordered: true` one at a time and in batches, and one the
+ * rolling deploys change), run by 2
  * `listen` and 2 `work` processes of the real CLI that reach a throwaway Postgres and Redis
  * through loopback TCP proxies, while `reconcile --verify` runs in a loop. A chaos driver injects,
  * one at a time at random intervals, every kind of fault in test/soak/chaos.ts: kill -9 of a
@@ -30,7 +31,8 @@
  * (2), --verify-pause S (between two `reconcile --verify` runs of the loop, 5), --faults a,b (only
  * these kinds), --gap-min S / --gap-max S (pause between faults, 4 / 10), --settle S (before that
  * pause, wait up to S s (25) for the bridge to recover from the last fault), --keep (keep the
- * working dir .tmp/soak-<id> with the processes' logs even on success), --json FILE.
+ * working dir .tmp/soak-<id> with the processes' logs even on success; after a failure it is kept
+ * anyway, with the soak's tables and the ledger as JSON lines), --json FILE.
  */
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
@@ -301,6 +303,11 @@ async function main(): Promise<number> {
       processes.killedWorkers(),
       processes.workerEnds(),
     );
+    if (verdict.failures.length > 0) {
+      await stack
+        .dumpTables()
+        .catch((error: unknown) => log(`could not dump the tables: ${String(error)}`));
+    }
     const kinds = summarizeKinds(monitor.recoveries);
     process.stdout.write(
       formatReport({

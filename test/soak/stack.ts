@@ -43,6 +43,8 @@ export interface Stack {
   pool: pg.Pool;
   /** Direct Redis client for the monitor. */
   redisClient: Redis;
+  /** Writes the soak's tables and the ledger as JSON lines into the logs dir (after a failure). */
+  dumpTables(): Promise<void>;
   destroy(keepDir: boolean): Promise<void>;
 }
 
@@ -205,6 +207,22 @@ export async function createStack(runId: string): Promise<Stack> {
     directEnv,
     pool,
     redisClient,
+    async dumpTables() {
+      const tables = {
+        handled: `SELECT * FROM ${soakSchema}.handled ORDER BY seq`,
+        ledger_log: `SELECT l.*, pg_xact_commit_timestamp(l.xmin) AS committed_at FROM ${soakSchema}.ledger_log l`,
+        deliveries: `SELECT * FROM ${schema}.deliveries`,
+        notifications: `SELECT id, channel, key, xid::text, created_at, bridged_at FROM ${schema}.notifications ORDER BY id`,
+        subscriptions: `SELECT * FROM ${schema}.subscriptions`,
+      };
+      for (const [name, sql] of Object.entries(tables)) {
+        const { rows } = await pool.query(sql);
+        writeFileSync(
+          join(logsDir, `${name}.jsonl`),
+          rows.map((r) => JSON.stringify(r)).join('\n'),
+        );
+      }
+    },
     async destroy(keepDir) {
       redisClient.disconnect();
       await pool.end().catch(() => undefined);
