@@ -199,15 +199,15 @@ const newCallId = () => Math.floor(Math.random() * 2 ** 52);
 
 // Records the end of the runs of call and how they ended (ok; thrown on purpose; failed: aborted
 // by the signal or an error). In a transaction (a transactional consumer) at once, with the
-// effect; else the end time is taken now (rounded up to the next ms, so never before the true
-// end) and written with others every 50 ms, retried while Postgres is away: one statement for many
-// runs. A process that exits first leaves its runs' ends to its exit time (test/soak/verify.ts).
+// effect; else the end time is taken now (Date.now(): whole ms, so up to 1 ms before the true end;
+// rounding up would make a run that starts within that ms look overlapping) and written with
+// others every 50 ms, retried while Postgres is away: one statement for many runs. A process that exits first leaves its runs' ends to its exit time (test/soak/verify.ts).
 async function ended(db, call, outcome) {
   if (db !== pool) {
     await db.query('UPDATE "${soakSchema}".handled SET ended_at = clock_timestamp(), outcome = $2 WHERE call_id = $1', [call, outcome]);
     return;
   }
-  pendingEnds.push({ call, at: Date.now() + 1, outcome });
+  pendingEnds.push({ call, at: Date.now(), outcome });
 }
 
 const pendingEnds = [];
