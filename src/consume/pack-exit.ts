@@ -10,7 +10,8 @@
  *   running the handler again, so the dead letter sits in BullMQ's failed set like any other and
  *   `reconcile --failed` (or a retry in Bull Board) replays it.
  */
-import { UnrecoverableError, type Job, type JobsOptions } from 'bullmq';
+import { UnrecoverableError, type Job, type JobsOptions, type Queue } from 'bullmq';
+import type { RedisConnection } from '../redis.js';
 import type { NotificationJobData } from './notification.js';
 import { attemptOf, isPermanent } from './job-data.js';
 import { errorMessage } from '../util.js';
@@ -124,4 +125,23 @@ export function forPackExits(
       throw error;
     }
   };
+}
+
+/** Of `entries`, those with a job of their own in `queue` (they left their pack before). */
+export async function ownJobsAmong(
+  redis: RedisConnection,
+  queue: Queue,
+  entries: readonly NotificationJobData[],
+  jobIdFor: (notificationId: string) => string,
+): Promise<Set<string>> {
+  const found = new Set<string>();
+  if (entries.length === 0) return found;
+  const pipeline = redis.pipeline();
+  for (const e of entries) pipeline.exists(queue.toKey(jobIdFor(e.id)));
+  const replies = (await pipeline.exec()) ?? [];
+  replies.forEach(([error, exists], i) => {
+    if (error) throw error;
+    if (exists === 1) found.add(entries[i].id);
+  });
+  return found;
 }

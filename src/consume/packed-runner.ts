@@ -5,7 +5,7 @@ import { attemptOf, entriesOf, isPermanent } from './job-data.js';
 import { withPayloads } from './payload-refs.js';
 import { toNotification, type Notification, type NotificationJobData } from './notification.js';
 import { traceHandleCall } from './tracing.js';
-import { exitJob, leftoverJob } from './pack-exit.js';
+import { exitJob, leftoverJob, ownJobsAmong } from './pack-exit.js';
 import { PackReport } from './pack-report.js';
 import { runByKey, type KeyedRun, type Leftover, type PackOutcome } from './packed-order.js';
 import { fetchSlotsFor, type Slots } from './slots.js';
@@ -20,10 +20,7 @@ export interface PackedRunnerDeps extends BatchRunnerDeps {
   signal: AbortSignal;
   /** The connection of the consumer's queue (to look for jobs of the pack's notifications). */
   redis: RedisConnection;
-  /**
-   * The processor of the consumer's one-notification jobs (replays, notifications that left a
-   * pack), taking its handler slot from {@link slots}.
-   */
+  /** The processor of one-notification jobs (replays, leavers); takes a slot of {@link slots}. */
   single: (job: Job, token?: string) => Promise<unknown>;
   /** The consumer's handler slots (`concurrency`), shared by packs and single jobs. */
   slots: Slots;
@@ -34,22 +31,18 @@ export interface PackedRunnerDeps extends BatchRunnerDeps {
  * delivery"): a job carries up to `batch.size` notifications (src/bridge/pack.ts), and `handle`
  * runs once per notification, up to `concurrency` at once across every job of the process.
  *
- * 1. The ledger is asked once per pack which of its notifications are completed (batched with the
- *    other lookups, see `CompletedLookup`); those, and those that already have a job of their
- *    own (`n<id>`: they left this pack in an earlier run of it), are left out. So a stalled
- *    restart of a pack half done, or the same rows packed twice, handles nothing again.
+ * 1. One ledger lookup per pack (batched): what completed is left out, and what already has a
+ *    job of its own (`n<id>`: it left this pack before), so nothing runs again.
  * 2. Payloads by reference are read in one query for the pack.
- * 3. Each notification: its own span (child of its writer's context), `ctx.signal` and timeout,
- *    its own transaction for a transactional consumer (ledger row in it), its own ledger row,
- *    metrics and log lines, as for a job of its own. Its completion is written to the ledger
- *    before the pack completes (the pack is not done, so BullMQ cannot say it ran).
+ * 3. Each notification: its own span, `ctx.signal` and timeout, transaction (transactional),
+ *    ledger row (written before the pack completes), metrics and logs, as for a job of its own.
  * 4. A failure takes the notification out of the pack (src/consume/pack-exit.ts): a job of its own
  *    retried with backoff, or a dead letter; the others are not run again.
  * 5. Ordered (`gate`): only the notifications whose turn has come run, one after another per
  *    key (src/consume/packed-order.ts); the pack then waits in the delayed set for the rest.
- * 6. The pack's return value names each notification's outcome; its progress (percent) moves
- *    while it runs (Bull Board shows both). A pack restarted as stalled, or whose worker is
- *    closing, hands what it had not finished out as jobs of their own (`n<id>`, attempts kept).
+ * 6. The return value names each notification's outcome; progress (percent) moves while it
+ *    runs. A pack restarted as stalled, or whose worker is closing, hands what it had not
+ *    finished out as jobs of their own (`n<id>`, attempts kept).
  */
 export class PackedRunner {
   /**
@@ -57,6 +50,8 @@ export class PackedRunner {
    * of further packs overlap the running handlers.
    */
   readonly workerConcurrency: number;
+  /** Notifications of packs running in this process now. */
+  private readonly running = new Set<string>();
 
   constructor(
     private readonly def: PackedConsumerDefinition,
@@ -91,9 +86,28 @@ export class PackedRunner {
         : NONE;
     for (const id of done) report.set(id, 'skipped: already completed per the ledger');
     const open = entries.filter((e) => !done.has(e.id));
-    const left = await this.ownJobsAmong(open);
+    const left = await ownJobsAmong(this.deps.redis, this.deps.queue(), open, this.deps.jobIdFor);
     for (const id of left) report.set(id, `left the pack as job ${this.deps.jobIdFor(id)}`);
-    const todo = open.filter((e) => !left.has(e.id));
+    // Two packs holding one notification (rows packed twice) never run it at once here.
+    const elsewhere = open.filter((e) => !left.has(e.id) && this.running.has(e.id));
+    for (const e of elsewhere) report.set(e.id, 'skipped: running in another pack here');
+    const todo = open.filter((e) => !left.has(e.id) && !this.running.has(e.id));
+    for (const e of todo) this.running.add(e.id);
+    try {
+      return await this.runPack(job, token, todo, attempt, replay, report);
+    } finally {
+      for (const e of todo) this.running.delete(e.id);
+    }
+  }
+
+  private async runPack(
+    job: Job,
+    token: string | undefined,
+    todo: NotificationJobData[],
+    attempt: number,
+    replay: boolean,
+    report: PackReport,
+  ): Promise<unknown> {
     // Restarted by BullMQ after its worker died: what it had not finished leaves as jobs of
     // their own, each with BullMQ's stalled-job limit, so a notification that kills its process
     // fails alone instead of taking the pack with it.
@@ -144,21 +158,6 @@ export class PackedRunner {
       { consumer: this.def.id, jobId: job.id, notifications: leftovers.length },
       `${leftovers[0].why}: notifications of the pack continue as jobs of their own`,
     );
-  }
-
-  /** Of `entries`, those with a job of their own in the queue (they left the pack before). */
-  private async ownJobsAmong(entries: readonly NotificationJobData[]): Promise<Set<string>> {
-    const found = new Set<string>();
-    if (entries.length === 0) return found;
-    const queue = this.deps.queue();
-    const pipeline = this.deps.redis.pipeline();
-    for (const e of entries) pipeline.exists(queue.toKey(this.deps.jobIdFor(e.id)));
-    const replies = (await pipeline.exec()) ?? [];
-    replies.forEach(([error, exists], i) => {
-      if (error) throw error;
-      if (exists === 1) found.add(entries[i].id);
-    });
-    return found;
   }
 
   /** One notification of a pack: its handler run, then its outcome. */
