@@ -22,6 +22,7 @@ import {
   type PgqWorker,
 } from '../../src/index.js';
 import { openConsumerQueue } from '../../src/queue-layout.js';
+import { batchJobIdFor } from '../../src/bridge/pack.js';
 import { apiSettings, createTestEnv, randomId, type TestEnv } from '../support/env.js';
 import { waitFor } from '../support/wait.js';
 
@@ -206,6 +207,60 @@ describe('packed delivery', () => {
     const dead = await queueOf(id).getJob(`n${ids[2]}`);
     expect(await dead?.getState()).toBe('failed');
     expect(dead?.failedReason).toBe('never valid');
+  });
+
+  it('never runs one notification of two packs at once in a process (the same rows packed twice)', async () => {
+    const channel = `c${randomId()}`;
+    const id = `p${randomId()}`;
+    const runs = new Map<string, number>();
+    const inHandler = new Set<string>();
+    let overlap = false;
+    await backlog(channel, 5);
+    const worker = createWorker({
+      settings: apiSettings(t),
+      consumers: [
+        defineConsumer<Payload>({
+          id,
+          channels: [channel],
+          concurrency: 8,
+          batch: { size: 50, maxWaitMs: 0 },
+          async handle(n) {
+            if (inHandler.has(n.id)) overlap = true;
+            inHandler.add(n.id);
+            await new Promise((resolve) => setTimeout(resolve, 300));
+            inHandler.delete(n.id);
+            runs.set(n.id, (runs.get(n.id) ?? 0) + 1);
+          },
+        }),
+      ],
+    });
+    running.push(worker);
+    await worker.start();
+    const { rows } = await t.pool.query<{ id: string; payload: string; created_at: Date }>(
+      `SELECT id::text, payload::text, created_at FROM "${t.schema}".notifications
+        WHERE channel = $1 ORDER BY id`,
+      [channel],
+    );
+    const entry = (r: (typeof rows)[number]) => ({
+      id: r.id,
+      channel,
+      payload: r.payload,
+      context: null,
+      createdAt: r.created_at.toISOString(),
+    });
+    const queue = queueOf(id);
+    // The same rows in two groupings, as after a listener's lost COMMIT: two different jobs.
+    await queue.addBulk(
+      [rows.slice(0, 4), rows].map((group) => ({
+        name: 'pack',
+        data: { batch: group.map(entry) },
+        opts: { jobId: batchJobIdFor(group.map((r) => r.id)) },
+      })),
+    );
+    await waitFor(() => runs.size === 5, { message: 'five handled' });
+    await new Promise((resolve) => setTimeout(resolve, 800));
+    expect([...runs.values()]).toEqual([1, 1, 1, 1, 1]);
+    expect(overlap).toBe(false);
   });
 
   it('shows a pack on the board: a readable name, its notifications, each one outcome', async () => {
