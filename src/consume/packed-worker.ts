@@ -1,12 +1,19 @@
-import type { Worker } from 'bullmq';
-import type { PackedConsumerDefinition, SingleConsumerDefinition } from './consumers.js';
+import { Worker } from 'bullmq';
+import {
+  workerTuning,
+  type PackedConsumerDefinition,
+  type SingleConsumerDefinition,
+} from './consumers.js';
 import type { BatchRunnerDeps } from './batch-worker.js';
 import { createJobProcessor } from './processor.js';
 import { traceJobs } from './tracing.js';
 import { forPackExits } from './pack-exit.js';
 import { PackedRunner } from './packed-runner.js';
-import { startFetcher, type FetcherConnection } from './fetchers.js';
+import type { FetcherConnection } from './fetchers.js';
 import { Slots } from './slots.js';
+
+/** Stalled restarts BullMQ allows a job of a packed consumer's queue before it fails it. */
+const PACK_STALLS = 3;
 
 /**
  * The BullMQ Worker of a packed consumer (`batch` + plain `handle`): packs go through a
@@ -23,5 +30,13 @@ export function startPackedWorker(
   const slots = new Slots(deps.concurrency);
   const single = forPackExits(traceJobs(def.id, createJobProcessor(asSingle, { ...deps, slots })));
   const runner = new PackedRunner(def, { ...deps, single, slots, redis: where.connection });
-  return startFetcher(def, runner.process, runner.workerConcurrency, where);
+  return new Worker(def.id, runner.process, {
+    connection: where.connection,
+    prefix: where.prefix,
+    concurrency: runner.workerConcurrency,
+    ...workerTuning(def),
+    // A pack restarted as stalled hands its rest out at once, but a worker killed again before
+    // it did would make BullMQ fail the whole pack (default limit 1) with its notifications in it.
+    maxStalledCount: PACK_STALLS,
+  });
 }
