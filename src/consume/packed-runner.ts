@@ -203,6 +203,8 @@ export class PackedRunner {
         ),
     };
     if (!def.transactional) {
+      // The pack's lookup may predate the completion by a twin pack (its rows packed twice).
+      if (await this.deps.lookup?.isCompleted(def.id, n.id)) return false;
       await this.deps.attempts.run((ctx) => def.handle(n, job, ctx), options);
       return true;
     }
