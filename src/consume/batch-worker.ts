@@ -1,52 +1,20 @@
-import type { Job, JobsOptions, Queue } from 'bullmq';
+import type { Job, JobsOptions } from 'bullmq';
 import type { BatchConsumerDefinition } from './consumers.js';
-import type { Queryable, Store } from '../db/store.js';
-import type { Logger } from '../log.js';
-import type { LedgerWriter } from './ledger.js';
-import type { Metrics } from '../operate/metrics.js';
-import type { Attempts } from './attempt.js';
-import type { CompletedLookup } from './ledger-lookup.js';
-import type { TransactionRunner } from './transaction.js';
 import { callBatchHandler } from './batch-call.js';
+import { leaveOutCompleted } from './batch-recheck.js';
 import { attemptOf, entriesOf, isPermanent } from './job-data.js';
 import { withPayloads } from './payload-refs.js';
 import { toNotification, type Notification, type NotificationJobData } from './notification.js';
 import { errorMessage } from '../util.js';
 import { traceBatchCall } from './tracing.js';
-import type { KeyGate } from './ordering.js';
 import { runInTurn } from './ordered-batch.js';
 import { Slots } from './slots.js';
+import type { BatchRunnerDeps } from './batch-deps.js';
 
 const NONE: ReadonlySet<string> = new Set();
 
 /** Jobs a batch consumer's worker may hold at once, beyond `concurrency`, to merge small ones. */
 export const MERGE_SLOTS = 16;
-
-/** What a {@link BatchRunner} needs from the worker that hosts it. */
-export interface BatchRunnerDeps {
-  store: Store;
-  db: Queryable;
-  log: Logger;
-  /** Handler calls at once (the consumer's `concurrency`, or the worker's override). */
-  concurrency: number;
-  /** Writes outcomes; undefined when the ledger is off (benchmarks only). */
-  ledger: LedgerWriter | undefined;
-  /** Asks the ledger what already ran (batched); undefined when the ledger is off. */
-  lookup: CompletedLookup | undefined;
-  /** Runs handler attempts with their signal (shared by the process's consumers). */
-  attempts: Attempts;
-  /** Runs the attempts of transactional consumers (set when this process has any). */
-  transactions: TransactionRunner | undefined;
-  metrics?: Metrics;
-  /** The consumer's queue (for the single-notification jobs of a split batch). */
-  queue: () => Queue;
-  /** Job id of a single notification (`jobIdFor`): a split dedupes with replays of it. */
-  jobIdFor: (notificationId: string) => string;
-  /** Leaves a job of channels this definition does not list to other workers (rolling deploys). */
-  leaveForeign?: (job: Job, channels: readonly string[]) => Promise<unknown>;
-  /** The ordering gate of an ordered consumer (docs/ordering.md); undefined otherwise. */
-  gate?: KeyGate;
-}
 
 /** One BullMQ job waiting for, or taking part in, a handler call. */
 interface Member {
@@ -183,24 +151,30 @@ export class BatchRunner {
   }
 
   /** One handler call for `members` (at most `concurrency` at once); settles every member. */
-  private async run(members: Member[]): Promise<void> {
+  private async run(all: Member[]): Promise<void> {
     const releaseSlot = await this.slots.acquire();
+    let members = all;
     const started = performance.now();
     let error: unknown;
     try {
-      const notifications = await this.notificationsOf(members);
-      // One span per handler call, linked to every notification's writer (consume/tracing.ts).
-      const entries = members.flatMap((m) => m.entries);
-      await traceBatchCall(this.def.id, entries, members[0].attempt, () =>
-        callBatchHandler(this.def, this.deps, notifications, members[0].job),
-      );
+      if (this.deps.lookup && !this.def.transactional) {
+        members = await leaveOutCompleted(this.deps.lookup, this.def.id, members);
+      }
+      if (members.length > 0) {
+        const notifications = await this.notificationsOf(members);
+        // One span per handler call, linked to every notification's writer (consume/tracing.ts).
+        const entries = members.flatMap((m) => m.entries);
+        await traceBatchCall(this.def.id, entries, members[0].attempt, () =>
+          callBatchHandler(this.def, this.deps, notifications, members[0].job),
+        );
+      }
     } catch (caught) {
       error = caught ?? new Error('batch handler threw a nullish value');
-    } finally {
-      releaseSlot();
     }
     const seconds = (performance.now() - started) / 1000;
     if (error === undefined) {
+      // The slot is given back once the outcomes are written: the next call of this process
+      // asks the ledger again (leaveOutCompleted) and must see them.
       await Promise.all(
         members.map(async (m) => {
           this.deps.metrics?.observeJob(this.def.id, 'completed', seconds);
@@ -214,9 +188,10 @@ export class BatchRunner {
           }
           m.settle(undefined);
         }),
-      );
+      ).finally(releaseSlot);
       return;
     }
+    releaseSlot();
     if (members.length === 1) {
       members[0].settle(error);
       return;

@@ -1,6 +1,6 @@
 import type { Job } from 'bullmq';
 import type { PackedConsumerDefinition } from './consumers.js';
-import type { BatchRunnerDeps } from './batch-worker.js';
+import type { BatchRunnerDeps } from './batch-deps.js';
 import { attemptOf, entriesOf, isPermanent } from './job-data.js';
 import { withPayloads } from './payload-refs.js';
 import { toNotification, type Notification, type NotificationJobData } from './notification.js';

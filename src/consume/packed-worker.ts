@@ -4,7 +4,7 @@ import {
   type PackedConsumerDefinition,
   type SingleConsumerDefinition,
 } from './consumers.js';
-import type { BatchRunnerDeps } from './batch-worker.js';
+import type { BatchRunnerDeps } from './batch-deps.js';
 import { createJobProcessor } from './processor.js';
 import { traceJobs } from './tracing.js';
 import { forPackExits } from './pack-exit.js';

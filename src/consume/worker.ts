@@ -11,7 +11,8 @@ import {
 } from './consumers.js';
 import { validateConsumers } from './consumer-validation.js';
 import type { PgqWorker, WorkerOptions } from './worker-options.js';
-import { BatchRunner, type BatchRunnerDeps } from './batch-worker.js';
+import { BatchRunner } from './batch-worker.js';
+import type { BatchRunnerDeps } from './batch-deps.js';
 import { startPackedWorker } from './packed-worker.js';
 import { jobIdFor } from '../bridge/plan.js';
 import { createPool } from '../db/pool.js';

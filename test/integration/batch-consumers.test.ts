@@ -253,4 +253,58 @@ describe('batch consumers', () => {
       redis.disconnect();
     }
   });
+  it('leave out what a twin job completed while they waited for a slot (the same rows packed twice)', async () => {
+    const channel = `c${randomId()}`;
+    const id = `b${randomId()}`;
+    const runs = new Map<string, number>();
+    await startWorker(
+      defineConsumer({
+        id,
+        channels: [channel],
+        concurrency: 1, // the second job waits for the first one's call to end
+        // Merging on: BullMQ holds extra jobs, so both are fetched (and ask the ledger) at once;
+        // neither is smaller than `size`, so each runs in a call of its own.
+        batch: { size: 4, maxWaitMs: 50 },
+        async handleBatch(notifications: Notification[]) {
+          await new Promise((resolve) => setTimeout(resolve, 300));
+          for (const n of notifications) runs.set(n.id, (runs.get(n.id) ?? 0) + 1);
+        },
+      }),
+    );
+    await backlog(channel, 5);
+    const { rows } = await t.pool.query<{ id: string; payload: string; created_at: Date }>(
+      `SELECT id::text, payload::text, created_at FROM "${t.schema}".notifications
+        WHERE channel = $1 ORDER BY id`,
+      [channel],
+    );
+    const entry = (r: (typeof rows)[number]) => ({
+      id: r.id,
+      channel,
+      payload: r.payload,
+      context: null,
+      createdAt: r.created_at.toISOString(),
+    });
+    const redis = createRedis({ redisUrl: t.redisUrl }, silentLogger(), 'test');
+    const queue = new Queue(id, { connection: redis, prefix: t.prefix });
+    try {
+      // Both jobs are fetched and ask the ledger before either call ends (nothing completed yet).
+      await queue.addBulk(
+        [rows, rows.slice(0, 4)].map((group) => ({
+          name: 'batch',
+          data: { batch: group.map(entry) },
+          // As the listener adds them for a consumer with removeOnComplete: outcomes are
+          // written before a job completes.
+          opts: { jobId: batchJobIdFor(group.map((r) => r.id)), removeOnComplete: true },
+        })),
+      );
+      await waitFor(async () => (await ledger(id)).completed === 5, { message: 'five completed' });
+      await waitFor(async () => (await queue.getJobCounts('waiting', 'active')).active === 0, {
+        message: 'both jobs finished',
+      });
+      expect([...runs.values()]).toEqual([1, 1, 1, 1, 1]);
+    } finally {
+      await queue.close();
+      redis.disconnect();
+    }
+  });
 });
