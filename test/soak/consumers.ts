@@ -2,8 +2,8 @@
  * The soak's consumers, on 3 plain channels (orders, users, payments) and 2 keyed ones (accounts:
  * `notify(..., key)`; rows: a `pgq-bridge triggers add` trigger):
  *
- * - audit (all plain channels), mailer (packed: `batch` with a plain `handle`, sometimes a
- *   transient failure), search (concurrency 20: two BullMQ Workers per process),
+ * - audit (all plain channels), mailer (packed and transactional: `batch` with a plain
+ *   `handle`, sometimes a transient failure), search (concurrency 20: two BullMQ Workers per process),
  *   billing (`removeOnComplete: true`: a job re-added after its twin completed is a fresh job
  *   that only the ledger can stop), projection (transactional, `removeOnComplete: true`);
  * - slowpoke (payments): `timeout: 400` and a handler that sometimes runs far longer, half of
@@ -67,7 +67,7 @@ export const FIRST_VERSION: CodeVersion = {
  * `ctx.db`, inside the attempt's transaction, so the `handled` row is the effect that must commit
  * exactly once per notification (test/soak/verify.ts checks it: no duplicate at all).
  */
-export const TRANSACTIONAL: readonly string[] = ['projection'];
+export const TRANSACTIONAL: readonly string[] = ['projection', 'mailer'];
 
 /** Ordered consumers (`ordered: true`): the verifier checks them per key. */
 export const ORDERED: readonly string[] = ['sequencer', 'batcher'];
@@ -79,9 +79,12 @@ export const TIMED: Record<string, number> = { slowpoke: 400, sequencer: 1500 };
 const SPECS: Record<string, { options: string; body: string }> = {
   audit: { options: '', body: 'await run("audit", n)' },
   mailer: {
-    // Packed: batch with a plain handle (a run per notification, each its own attempts).
-    options: 'batch: { size: 20, maxWaitMs: 20 },',
-    body: 'await run("mailer", n, { failFirst: 0.02 })',
+    // Packed: batch with a plain handle (a run per notification, each its own attempts), and
+    // transactional: a non-transactional packed consumer can run a notification that a lost
+    // COMMIT re-packed into two jobs in two processes at once (README, Guarantees: the one
+    // overlap left); a transactional one waits on the first run's ledger row instead.
+    options: 'transactional: true, batch: { size: 20, maxWaitMs: 20 },',
+    body: 'await run("mailer", n, { db: ctx.db, failFirst: 0.02 })',
   },
   billing: { options: 'removeOnComplete: true,', body: 'await run("billing", n)' },
   search: { options: 'concurrency: 20,', body: 'await run("search", n)' },
